@@ -1,0 +1,136 @@
+"""``hps``: the command line. A thin shell over functions the tests call directly.
+
+Exit codes: 0 success, 1 the search ran but failed, 2 bad input (config, data, tracking URI, existing
+search), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from search.config import DEFAULT_TRACKING_URI, ConfigError, load_config
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"hps: error: {message}", file=sys.stderr)
+    return code
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """CLI flags are shorthands for ``--set`` overrides; explicit flags win over the file."""
+    sets = list(args.set or [])
+    for flag, key in (("name", "name"), ("num_samples", "search.num_samples"), ("max_epochs", "scheduler.max_epochs"),
+                      ("tracking_uri", "tracking.uri")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            sets.append(f"{key}={value}")
+    return sets
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a config without running anything."""
+    cfg = load_config(args.config, _overrides(args))
+    print(f"{args.config}: ok ({cfg.name}: {len(cfg.space)} space entries, {cfg.search.num_samples} trials, "
+          f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, metric {cfg.search.metric} ({cfg.search.mode}))")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a search and print its leaderboard."""
+    from search.tuner import SearchFailed, run_search  # Ray and MLflow load only when a search runs
+
+    cfg = load_config(args.config, _overrides(args))
+    try:
+        outcome = run_search(cfg, address=args.address, storage=args.storage, overwrite=args.overwrite)
+    except SearchFailed as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    print()
+    print(_format_board(outcome.leaderboard, limit=10))
+    print(f"\n{outcome.n_trials} trials; parent run {outcome.parent_run_id} at {cfg.tracking.uri}")
+    print(f"review: mlflow ui --backend-store-uri {cfg.tracking.uri}" if cfg.tracking.uri.startswith("sqlite")
+          else f"review: {cfg.tracking.uri}")
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    """Print (or export) the leaderboard of a search."""
+    from search.leaderboard import find_search_run, leaderboard
+    from search.tracking import connect
+
+    client = connect(args.tracking_uri)
+    board = leaderboard(client, find_search_run(client, args.name))
+    if args.csv:
+        board.to_csv(args.csv, index=False)
+        print(f"wrote {len(board)} trials to {args.csv}")
+    else:
+        print(_format_board(board, limit=args.limit))
+    return 0
+
+
+def _format_board(board, limit: int | None = None) -> str:
+    if board.empty:
+        return "(no trials)"
+    shown = board.drop(columns=["run_id"]).head(limit) if limit else board.drop(columns=["run_id"])
+    shown.columns = [c.removeprefix("param.") for c in shown.columns]
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        return shown.to_string(index=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hps`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="hps", description="Hyperparameter search for PyTorch MLPs: Optuna + Ray Tune + MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a search", description="Run the search a config describes.")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("--name", help="search name (default: the config's name)")
+    run.add_argument("--num-samples", type=int, help="number of trials")
+    run.add_argument("--max-epochs", type=int, help="epochs per trial at most")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, else sqlite:///mlruns.db)")
+    run.add_argument("--address", help="address of a running Ray cluster to join (e.g. auto or HOST:6379)")
+    run.add_argument("--storage", help="folder or s3:// URI for Ray's experiment state and checkpoints (default: ./hps-runs)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. scheduler.type=fifo")
+    run.add_argument("--overwrite", action="store_true", help="start over if a search of this name exists in storage")
+    run.set_defaults(func=cmd_run)
+
+    trials = sub.add_parser("trials", help="show the leaderboard of a search", description="Leaderboard of a search, best first.")
+    trials.add_argument("name", help="search name")
+    trials.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    trials.add_argument("--csv", metavar="FILE", help="write the whole leaderboard to a CSV file")
+    trials.add_argument("--limit", type=int, default=None, help="show only the top N trials")
+    trials.set_defaults(func=cmd_trials)
+
+    validate = sub.add_parser("validate", help="check a config without running it", description="Check a config file.")
+    validate.add_argument("config", help="YAML config file")
+    validate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hps`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from search.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(f"config: {exc}")
+    except USER_ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

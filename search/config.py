@@ -1,0 +1,390 @@
+"""The search configuration: a YAML file validated by pydantic, with ``--set dotted.key=value`` overrides.
+
+Every mistake a user can make in a config is reported as a :class:`ConfigError` naming the key and the
+problem, before anything (Ray, MLflow, data loading) starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from trainables.data import SKLEARN_DATASETS, TASKS
+from trainables.metrics import LOSSES, MAXIMIZED, TASK_METRICS
+from trainables.model import ACTIVATIONS, NORMS
+from trainables.train import OPTIMIZERS
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() for m in ms}))
+# Defaults of the trainable for hyperparameters a space leaves out (see trainables.model / trainables.train).
+DEFAULT_N_LAYERS = 2
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as ``<dotted.key>: <what is wrong>``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo like `lerning_rate` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Param(_Strict):
+    """Fields every distribution shares."""
+
+    per_layer: bool = False  # one value per hidden layer: units_0 .. units_{n_layers-1}
+    if_: dict[str, Union[Scalar, list[Scalar]]] | None = Field(default=None, alias="if")  # only sampled when these hold
+
+
+class IntParam(_Param):
+    """``{type: int, low, high, step?, log?}`` → ``optuna.distributions.IntDistribution``."""
+
+    type: Literal["int"]
+    low: StrictInt
+    high: StrictInt
+    step: PositiveInt = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> IntParam:
+        _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("step must be 1 when log is true")
+        return self
+
+
+class FloatParam(_Param):
+    """``{type: float, low, high, step?, log?}`` → ``optuna.distributions.FloatDistribution``."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = Field(default=None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> FloatParam:
+        _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step is not None:
+            raise ValueError("step cannot be combined with log: true")
+        return self
+
+
+class CategoricalParam(_Param):
+    """``{type: categorical, choices: [...]}`` → ``optuna.distributions.CategoricalDistribution``."""
+
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+
+def _check_bounds(low: float, high: float, log: bool) -> None:
+    if low >= high:
+        raise ValueError(f"low ({low}) must be < high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"log: true needs low > 0 (got {low})")
+
+
+ParamSpec = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]
+Distribution = (IntParam, FloatParam, CategoricalParam)
+
+
+class SplitConfig(_Strict):
+    """Fractions of the rows held out for validation and test; the rest is training data."""
+
+    val: float = Field(default=0.15, gt=0, lt=1)
+    test: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leave_training_rows(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little training data (must be < 0.9)")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and what task it is."""
+
+    source: str
+    task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _known_source(self) -> DataConfig:
+        kind, _, name = self.source.partition(":")
+        if kind != "sklearn":
+            raise ValueError(f"unknown data source {self.source!r}; expected sklearn:<name>")
+        if name not in SKLEARN_DATASETS:
+            raise ValueError(f"unknown sklearn dataset {name!r}; choose from {', '.join(sorted(SKLEARN_DATASETS))}")
+        return self
+
+
+class SearchConfig(_Strict):
+    """How configurations are chosen (Optuna sampler) and what they are judged by."""
+
+    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
+    seed: int | None = 0
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] | None = None  # default: min for losses/errors, max for accuracy/F1/R²
+    num_samples: PositiveInt = 50
+    max_concurrent: PositiveInt = 4
+    max_failures: int = Field(default=0, ge=0)  # retries of a trial whose worker died
+
+    @model_validator(mode="after")
+    def _metric_and_mode(self) -> SearchConfig:
+        if self.metric not in ALL_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose from {', '.join(ALL_METRICS)}")
+        natural = "max" if self.metric in MAXIMIZED else "min"
+        if self.mode is None:
+            self.mode = natural
+        elif self.mode != natural:
+            raise ValueError(f"{self.metric} is {'maximized' if natural == 'max' else 'minimized'}; mode must be {natural}")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """Which trials stop early: ASHA (successive halving at rungs) or FIFO (every trial runs max_epochs)."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    max_epochs: PositiveInt = 50
+    grace_period: PositiveInt = 2  # ASHA never stops a trial before this many epochs
+    reduction_factor: float = Field(default=3, gt=1)
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> SchedulerConfig:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
+        return self
+
+
+class ResourcesConfig(_Strict):
+    """Logical resources per trial; fractional GPUs share a device between trials."""
+
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> ResourcesConfig:
+        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise ValueError("gpus_per_trial above 1 must be a whole number (Ray shares only single GPUs)")
+        return self
+
+
+class TrackingConfig(_Strict):
+    """Where runs are recorded (an MLflow tracking URI) and which trial models are uploaded."""
+
+    uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    experiment: str | None = None  # default: the search name
+    log_models: Literal["all", "best", "none"] = "all"
+
+
+class TrainingConfig(_Strict):
+    """How each trial trains, beyond the searched hyperparameters."""
+
+    checkpoint_every: PositiveInt = 1  # epochs between checkpoints (improvements are always checkpointed)
+    amp: bool = True  # bf16 autocast when a trial runs on a GPU
+
+
+class HpsConfig(_Strict):
+    """A whole search: data, search space, search strategy, scheduler, resources, tracking."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    data: DataConfig
+    space: dict[str, Union[ParamSpec, Scalar]] = Field(min_length=1)
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    training: TrainingConfig = TrainingConfig()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+# What each hyperparameter of the trainable accepts: a check on every value a space can produce.
+_VALUE_RULES: dict[str, tuple[str, Any]] = {
+    "n_layers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "units": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "lr": ("a number > 0", lambda v: _is_num(v) and v > 0),
+    "weight_decay": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
+    "dropout": ("in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
+    "momentum": ("in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
+    "activation": (f"one of {', '.join(ACTIVATIONS)}", lambda v: v in ACTIVATIONS),
+    "norm": (f"one of {', '.join(NORMS)}", lambda v: v in NORMS),
+    "optimizer": (f"one of {', '.join(OPTIMIZERS)}", lambda v: v in OPTIMIZERS),
+}
+HYPERPARAMETERS = tuple(_VALUE_RULES)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_space(space: dict) -> None:
+    """Checks that need the whole space: known names, legal values, ``if:`` and ``per_layer`` references."""
+    for name, spec in space.items():
+        key = f"space.{name}"
+        if name not in _VALUE_RULES:
+            raise ConfigError(key, f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
+        wanted, ok = _VALUE_RULES[name]
+        for field, value in _space_values(spec):
+            if not ok(value):
+                raise ConfigError(f"{key}{field}", f"{value!r} is not allowed; {name} must be {wanted}")
+        if not isinstance(spec, Distribution):
+            continue
+        if spec.per_layer and name != "units":
+            raise ConfigError(f"{key}.per_layer", "only units can be set per layer")
+        for other in spec.if_ or {}:
+            if other not in space:
+                raise ConfigError(f"{key}.if", f"refers to {other!r}, which is not in the space")
+            if other == name:
+                raise ConfigError(f"{key}.if", "a parameter cannot depend on itself")
+    sample_order(space)
+
+
+def sample_order(space: dict[str, Any]) -> list[str]:
+    """Distributions ordered so each comes after what it depends on (``n_layers`` and ``if:`` targets)."""
+    deps = {
+        name: set(spec.if_ or {}) | ({"n_layers"} & set(space) if spec.per_layer else set())
+        for name, spec in space.items()
+        if isinstance(spec, Distribution)
+    }
+    order: list[str] = []
+    placed = set(space) - set(deps)  # constants are known from the start
+    while deps:
+        ready = [name for name, needs in deps.items() if needs <= placed]
+        if not ready:
+            raise ConfigError(f"space.{sorted(deps)[0]}.if", "conditions form a cycle")
+        for name in ready:  # dict order: the order the user wrote them
+            order.append(name)
+            placed.add(name)
+            del deps[name]
+    return order
+
+
+def _space_values(spec: Any) -> list[tuple[str, Any]]:
+    """Values a space entry can produce, with the sub-key they come from (bounds are the extremes)."""
+    if isinstance(spec, CategoricalParam):
+        return [(".choices", c) for c in spec.choices]
+    if isinstance(spec, (IntParam, FloatParam)):
+        return [(".low", spec.low), (".high", spec.high)]
+    return [("", spec)]
+
+
+def _check_task_metric(cfg: HpsConfig) -> None:
+    if cfg.data.task in TASKS and cfg.search.metric not in LOSSES + TASK_METRICS[cfg.data.task]:
+        allowed = ", ".join(LOSSES + TASK_METRICS[cfg.data.task])
+        raise ConfigError("search.metric", f"{cfg.search.metric} is not reported for {cfg.data.task}; use one of {allowed}")
+
+
+def check_metric_for_task(cfg: HpsConfig, task: str) -> None:
+    """Once the task is known (``task: auto`` resolved from the data), the metric must be one it reports."""
+    _check_task_metric(cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": task})}))
+
+
+def parse_config(raw: Any) -> HpsConfig:
+    """Validate a config mapping; raises :class:`ConfigError` on the first problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"a config must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        cfg = HpsConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(_format_loc(error["loc"]), _format_msg(error)) from None
+    _check_space(cfg.space)
+    _check_task_metric(cfg)
+    return cfg
+
+
+def _format_loc(loc: tuple) -> str:
+    # pydantic puts union member tags ("int", "float", "str", ...) into the location; users never wrote those.
+    tags = {"int", "float", "categorical", "bool", "str", "function-after[_check_range(), IntParam]"}
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in tags or p.startswith(("function-", "tagged-union"))))]
+    return ".".join(parts)
+
+
+def _format_msg(error: dict) -> str:
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    if error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
+        return "a distribution needs type: int, float or categorical"
+    return msg
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a raw config mapping, in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", f"expected dotted.key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: depth + 1]), f"is a value, so {key} cannot be set")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_raw(path: str | Path) -> dict:
+    """Read a YAML config file into a mapping; file and syntax problems become one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError("", f"{path}: {problem}{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{path}: a config must be a YAML mapping")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> HpsConfig:
+    """Load, override and validate a config file."""
+    return parse_config(apply_overrides(load_raw(path), overrides or []))
+
+
+def config_to_yaml(cfg: HpsConfig) -> str:
+    """The fully resolved config (defaults filled in), as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)

@@ -1,0 +1,21 @@
+"""Errors that mean "bad input": the CLI prints them as one line and exits 2. No heavy imports here."""
+
+from __future__ import annotations
+
+from search.config import ConfigError
+from trainables.data import DataError
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used."""
+
+
+class SearchExists(FileExistsError):
+    """A search of this name already has state in the storage folder."""
+
+
+class SearchNotFound(LookupError):
+    """No search of that name is recorded on the tracking server."""
+
+
+USER_ERRORS = (ConfigError, DataError, TrackingError, SearchExists, SearchNotFound)

@@ -1,0 +1,77 @@
+"""The leaderboard of a search, read back from MLflow: one row per trial, best first."""
+
+from __future__ import annotations
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from search.errors import SearchNotFound
+
+
+
+def find_search_run(client: MlflowClient, name: str) -> Run:
+    """The parent run of the most recent search called ``name`` (in any experiment)."""
+    runs = client.search_runs(
+        experiment_ids=[e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`hps.search` = '{name}' and tags.`hps.role` = 'search'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise SearchNotFound(f"no search named {name!r} at this tracking URI")
+    return runs[0]
+
+
+def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """All child runs (one per trial) of a search's parent run."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids=[parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
+    """Trials ranked by their best validation value (the epoch whose weights are kept), best first."""
+    metric = parent.data.tags.get("hps.metric", "val_loss")
+    mode = parent.data.tags.get("hps.mode", "min")
+    rows = []
+    for run in trial_runs(client, parent):
+        metrics, tags = run.data.metrics, run.data.tags
+        row = {
+            "trial": tags.get("hps.trial_id", run.info.run_name),
+            "outcome": tags.get("hps.outcome", "unknown"),
+            "status": run.info.status,
+            "epochs": int(float(tags.get("hps.last_epoch", 0))),
+            "best_epoch": int(metrics.get("best_epoch", 0)),
+            f"best_{metric}": metrics.get(f"best_{metric}"),
+        }
+        row.update({k.removeprefix("best_epoch_"): v for k, v in sorted(metrics.items()) if k.startswith("best_epoch_")})
+        row.pop(metric, None)  # same number as best_<metric>
+        row.update({f"param.{k}": _parse_number(v) for k, v in sorted(run.data.params.items())})
+        row["run_id"] = run.info.run_id
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last", kind="stable")
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame.reset_index(drop=True)
+
+
+def _parse_number(text: str) -> int | float | str:
+    """MLflow stores params as strings; numbers are shown and sorted as numbers."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,62 @@
+"""Ray Tune's OptunaSearch, telling Optuna the truth about how each trial ended.
+
+Stock ``OptunaSearch`` tells a trial that ASHA stopped early as COMPLETE with its truncated last value, so TPE
+learns from scores of half-trained networks as if they were final; a NaN makes its ``study.tell`` raise and the
+Optuna trial is never finished. Here:
+
+- a trial that ended before ``max_epochs`` without an error is PRUNED (Optuna keeps its intermediate values,
+  reported per epoch);
+- a trial that errored, reported nothing, or whose value is not finite is FAIL;
+- a trial that ran its full budget is COMPLETE with its best validation value (the epoch whose weights are kept).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+}
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler called ``name``, seeded for reproducible searches."""
+    return SAMPLERS[name](seed=seed)
+
+
+def trial_outcome(result: dict | None, error: bool, metric: str) -> tuple[TrialState, float | None]:
+    """How a finished Tune trial should be told to Optuna: state and value."""
+    if error or not result:
+        return TrialState.FAIL, None
+    value = result.get(f"best_{metric}", result.get(metric))
+    if value is None or not math.isfinite(value):
+        return TrialState.FAIL, None
+    if not result.get("finished", False):
+        return TrialState.PRUNED, None
+    return TrialState.COMPLETE, float(value)
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that reports per-epoch values and tells early-stopped trials as PRUNED."""
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if trial_id in self._completed_trials or value is None or not math.isfinite(value):
+            return
+        self._ot_trials[trial_id].report(float(value), int(result.get("epoch", result.get("training_iteration", 0))))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, value = trial_outcome(result, error, self.metric)
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,57 @@
+"""Trial checkpoints and model artifacts on disk, without pickle.
+
+A checkpoint directory holds ``state.pt`` (weights, optimizer state, epoch, best-so-far bookkeeping) and a
+``model/`` folder: the best epoch's weights (``weights.pt``) and ``model.json`` (architecture + preprocessing).
+``model/`` is exactly what gets uploaded to MLflow as the trial's model. Everything is loaded with
+``torch.load(..., weights_only=True)``, which refuses to execute code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainables.model import Architecture, build_mlp
+
+STATE_FILE = "state.pt"
+MODEL_DIR = "model"
+WEIGHTS_FILE = "weights.pt"
+DESCRIPTION_FILE = "model.json"
+
+
+def save_checkpoint(directory: str | Path, state: dict, description: dict) -> None:
+    """Write a resumable checkpoint: ``state`` (from the training loop) and the best model so far."""
+    directory = Path(directory)
+    model_dir = directory / MODEL_DIR
+    model_dir.mkdir(parents=True, exist_ok=True)
+    resume_state = {k: v for k, v in state.items() if k != "best_model"}
+    torch.save(resume_state, directory / STATE_FILE)
+    save_model(model_dir, state["best_model"], {**description, "epoch": state["best_epoch"]})
+
+
+def load_checkpoint(directory: str | Path) -> dict:
+    """Read back what :func:`save_checkpoint` wrote (best weights included), safely."""
+    directory = Path(directory)
+    state = torch.load(directory / STATE_FILE, weights_only=True, map_location="cpu")
+    state["best_model"] = torch.load(directory / MODEL_DIR / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+    return state
+
+
+def save_model(directory: str | Path, weights: dict, description: dict) -> None:
+    """Write a model artifact: weights plus a JSON description (architecture, preprocessing, provenance)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, directory / WEIGHTS_FILE)
+    (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
+
+
+def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model from a model artifact directory; returns the network (eval mode) and its description."""
+    directory = Path(directory)
+    description = json.loads((directory / DESCRIPTION_FILE).read_text())
+    model = build_mlp(Architecture.from_dict(description["architecture"]))
+    model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
+    return model.eval(), description

@@ -1,0 +1,59 @@
+"""Losses and validation metrics for the three tasks (scikit-learn computes the metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
+from torch import nn
+
+# Which metrics each task reports every epoch, and whether larger is better.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("val_accuracy", "val_f1"),
+    "multiclass": ("val_accuracy", "val_f1"),
+    "regression": ("val_mae", "val_rmse", "val_r2"),
+}
+MAXIMIZED = {"val_accuracy", "val_f1", "val_r2"}
+LOSSES = ("train_loss", "val_loss")
+
+
+def metric_mode(metric: str) -> str:
+    """``max`` for accuracy-like metrics, ``min`` for losses and errors."""
+    base = metric.removeprefix("best_")
+    return "max" if base in MAXIMIZED else "min"
+
+
+def loss_function(task: str) -> nn.Module:
+    """Cross-entropy for multiclass, BCE-with-logits for binary, MSE for regression."""
+    if task == "multiclass":
+        return nn.CrossEntropyLoss()
+    if task == "binary":
+        return nn.BCEWithLogitsLoss()
+    return nn.MSELoss()
+
+
+def loss_target(task: str, y: torch.Tensor) -> torch.Tensor:
+    """Shape/dtype the loss expects for ``y``: class indices, or a float column for binary/regression."""
+    return y if task == "multiclass" else y.float().view(-1, 1)
+
+
+def validation_metrics(task: str, outputs: torch.Tensor, y: torch.Tensor, target_scale: float = 1.0) -> dict[str, float]:
+    """Task metrics from the network outputs (logits / standardized predictions) on the validation split.
+
+    Regression errors are reported in the target's original units (``target_scale`` undoes standardization).
+    """
+    out = outputs.detach().float().cpu().numpy()
+    true = y.detach().cpu().numpy()
+    if task == "regression":
+        pred = out.reshape(-1) * target_scale
+        true = true.reshape(-1) * target_scale
+        return {
+            "val_mae": float(skm.mean_absolute_error(true, pred)),
+            "val_rmse": float(np.sqrt(skm.mean_squared_error(true, pred))),
+            "val_r2": float(skm.r2_score(true, pred)),
+        }
+    pred = (out.reshape(-1) > 0).astype(np.int64) if task == "binary" else out.argmax(axis=1)
+    return {
+        "val_accuracy": float(skm.accuracy_score(true, pred)),
+        "val_f1": float(skm.f1_score(true, pred, average="binary" if task == "binary" else "macro", zero_division=0)),
+    }

@@ -1,0 +1,84 @@
+"""The MLP every trial trains, built from a trial's hyperparameters.
+
+Each hidden layer is ``Linear → norm → activation → dropout``, the layer order the course notes use.
+The architecture is described by a small JSON-ready dict, so a saved model is rebuilt from that description
+plus a weights file, never from a pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "selu": nn.SELU,
+    "silu": nn.SiLU,
+}
+NORMS = ("none", "batch", "layer")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything needed to rebuild the network (weights aside)."""
+
+    n_features: int
+    n_outputs: int
+    hidden: tuple[int, ...]
+    activation: str = "relu"
+    norm: str = "none"
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Architecture:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**data, "hidden": tuple(data["hidden"])})
+
+
+def hidden_sizes(params: dict) -> tuple[int, ...]:
+    """Hidden layer widths from trial params: ``units_0..units_{n-1}`` if present, else ``units`` repeated."""
+    n_layers = int(params.get("n_layers", 2))
+    return tuple(int(params.get(f"units_{i}", params.get("units", 128))) for i in range(n_layers))
+
+
+def architecture_from_params(params: dict, n_features: int, n_outputs: int) -> Architecture:
+    """The architecture a trial's hyperparameters describe."""
+    return Architecture(
+        n_features=n_features,
+        n_outputs=n_outputs,
+        hidden=hidden_sizes(params),
+        activation=str(params.get("activation", "relu")),
+        norm=str(params.get("norm", "none")),
+        dropout=float(params.get("dropout", 0.0)),
+    )
+
+
+def build_mlp(arch: Architecture) -> nn.Sequential:
+    """Build the network: hidden blocks of Linear → norm → activation → dropout, then a Linear output layer."""
+    if arch.activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {arch.activation!r}; choose from {sorted(ACTIVATIONS)}")
+    if arch.norm not in NORMS:
+        raise ValueError(f"unknown norm {arch.norm!r}; choose from {list(NORMS)}")
+    layers: list[nn.Module] = []
+    width = arch.n_features
+    for units in arch.hidden:
+        layers.append(nn.Linear(width, units))
+        if arch.norm == "batch":
+            layers.append(nn.BatchNorm1d(units))
+        elif arch.norm == "layer":
+            layers.append(nn.LayerNorm(units))
+        layers.append(ACTIVATIONS[arch.activation]())
+        if arch.dropout > 0:
+            layers.append(nn.Dropout(arch.dropout))
+        width = units
+    layers.append(nn.Linear(width, arch.n_outputs))
+    return nn.Sequential(*layers)

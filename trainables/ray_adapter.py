@@ -1,0 +1,43 @@
+"""The one place ``trainables`` meets Ray: runs :func:`train_trial` as a Ray Tune function trainable."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tempfile
+
+import ray
+import torch
+from ray import tune
+
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.data import TrialData
+from trainables.train import Snapshot, TrainSettings, train_trial
+
+
+def tune_trainable(config: dict, data: TrialData, settings: TrainSettings) -> None:
+    """Ray Tune entry point: resume from Tune's checkpoint if any, train, report every epoch to Tune."""
+    torch.set_num_threads(max(1, settings.num_threads))
+    # Ray hides GPUs from trials that asked for none (CUDA_VISIBLE_DEVICES=""), so this only picks CUDA
+    # for trials that were given a (possibly fractional) GPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = load_checkpoint(directory)
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
+
+    def report(metrics: dict, snapshot: Snapshot | None) -> None:
+        metrics = {**metrics, **placement}
+        if snapshot is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(directory, snapshot.state, snapshot.description)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    train_trial(config, data, dataclasses.replace(settings, device=device), report, resume)
