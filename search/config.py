@@ -21,6 +21,8 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -117,11 +119,13 @@ class SplitConfig(_Strict):
     test: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _leave_training_rows(self) -> SplitConfig:
-        if self.val + self.test >= 0.9:
-            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little training data (must be < 0.9)")
-        return self
+    @field_validator("test")
+    @classmethod
+    def _leave_training_rows(cls, test: float, info: ValidationInfo) -> float:
+        val = info.data.get("val", 0.0)
+        if val + test >= 0.9:
+            raise ValueError(f"val + test = {val + test:g} leaves too little training data (must be < 0.9)")
+        return test
 
 
 class DataConfig(_Strict):
@@ -131,14 +135,15 @@ class DataConfig(_Strict):
     task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
     split: SplitConfig = SplitConfig()
 
-    @model_validator(mode="after")
-    def _known_source(self) -> DataConfig:
-        kind, _, name = self.source.partition(":")
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        kind, _, name = source.partition(":")
         if kind != "sklearn":
-            raise ValueError(f"unknown data source {self.source!r}; expected sklearn:<name>")
+            raise ValueError(f"unknown data source {source!r}; expected sklearn:<name>")
         if name not in SKLEARN_DATASETS:
             raise ValueError(f"unknown sklearn dataset {name!r}; choose from {', '.join(sorted(SKLEARN_DATASETS))}")
-        return self
+        return source
 
 
 class SearchConfig(_Strict):
@@ -152,15 +157,26 @@ class SearchConfig(_Strict):
     max_concurrent: PositiveInt = 4
     max_failures: int = Field(default=0, ge=0)  # retries of a trial whose worker died
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in ALL_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(ALL_METRICS)}")
+        return metric
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_matches_metric(cls, mode: str | None, info: ValidationInfo) -> str | None:
+        metric = info.data.get("metric")
+        natural = "max" if metric in MAXIMIZED else "min"
+        if mode is not None and metric is not None and mode != natural:
+            raise ValueError(f"{metric} is {'maximized' if natural == 'max' else 'minimized'}; mode must be {natural}")
+        return mode
+
     @model_validator(mode="after")
-    def _metric_and_mode(self) -> SearchConfig:
-        if self.metric not in ALL_METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; choose from {', '.join(ALL_METRICS)}")
-        natural = "max" if self.metric in MAXIMIZED else "min"
+    def _infer_mode(self) -> SearchConfig:
         if self.mode is None:
-            self.mode = natural
-        elif self.mode != natural:
-            raise ValueError(f"{self.metric} is {'maximized' if natural == 'max' else 'minimized'}; mode must be {natural}")
+            self.mode = "max" if self.metric in MAXIMIZED else "min"
         return self
 
 
@@ -172,11 +188,13 @@ class SchedulerConfig(_Strict):
     grace_period: PositiveInt = 2  # ASHA never stops a trial before this many epochs
     reduction_factor: float = Field(default=3, gt=1)
 
-    @model_validator(mode="after")
-    def _grace_within_budget(self) -> SchedulerConfig:
-        if self.grace_period > self.max_epochs:
-            raise ValueError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
-        return self
+    @field_validator("grace_period")
+    @classmethod
+    def _grace_within_budget(cls, grace_period: int, info: ValidationInfo) -> int:
+        max_epochs = info.data.get("max_epochs")
+        if max_epochs is not None and grace_period > max_epochs:
+            raise ValueError(f"grace_period ({grace_period}) must be <= max_epochs ({max_epochs})")
+        return grace_period
 
 
 class ResourcesConfig(_Strict):
@@ -185,11 +203,12 @@ class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(default=1, gt=0)
     gpus_per_trial: float = Field(default=0, ge=0)
 
-    @model_validator(mode="after")
-    def _whole_gpus_above_one(self) -> ResourcesConfig:
-        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_gpus_above_one(cls, gpus: float) -> float:
+        if gpus > 1 and not float(gpus).is_integer():
             raise ValueError("gpus_per_trial above 1 must be a whole number (Ray shares only single GPUs)")
-        return self
+        return gpus
 
 
 class TrackingConfig(_Strict):
@@ -299,10 +318,21 @@ def _space_values(spec: Any) -> list[tuple[str, Any]]:
     return [("", spec)]
 
 
+# Tasks of the bundled datasets, so `task: auto` configs are checked without loading data.
+_BUNDLED_TASKS = {"digits": "multiclass", "wine": "multiclass", "iris": "multiclass",
+                  "breast_cancer": "binary", "diabetes": "regression"}
+
+
+def _known_task(cfg: HpsConfig) -> str:
+    kind, _, name = cfg.data.source.partition(":")
+    return _BUNDLED_TASKS.get(name, "auto") if cfg.data.task == "auto" and kind == "sklearn" else cfg.data.task
+
+
 def _check_task_metric(cfg: HpsConfig) -> None:
-    if cfg.data.task in TASKS and cfg.search.metric not in LOSSES + TASK_METRICS[cfg.data.task]:
-        allowed = ", ".join(LOSSES + TASK_METRICS[cfg.data.task])
-        raise ConfigError("search.metric", f"{cfg.search.metric} is not reported for {cfg.data.task}; use one of {allowed}")
+    task = _known_task(cfg)
+    if task in TASKS and cfg.search.metric not in LOSSES + TASK_METRICS[task]:
+        allowed = ", ".join(LOSSES + TASK_METRICS[task])
+        raise ConfigError("search.metric", f"{cfg.search.metric} is not reported for {task}; use one of {allowed}")
 
 
 def check_metric_for_task(cfg: HpsConfig, task: str) -> None:

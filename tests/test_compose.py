@@ -79,7 +79,9 @@ def _command_text(service: dict) -> str:
 
 
 def _runs_ray(name: str, service: dict) -> bool:
-    return name in RAY_SERVICES or re.search(r"(^|[\s;&|(])ray\s", _command_text(service)) is not None
+    if name in RAY_SERVICES:
+        return True
+    return re.search(r"(^|[\s;&|(])ray\s", _command_text(service)) is not None
 
 
 def _parse_short_port(spec: str) -> tuple[str | None, str | None, str]:
@@ -244,7 +246,7 @@ def depends_on_problems(compose: dict) -> list[str]:
             if condition == "service_healthy":
                 check = services[dep].get("healthcheck") or {}
                 if not check.get("test") or check.get("disable"):
-                    problems.append(f"{name}: waits for {dep} to be healthy, but it has no healthcheck")
+                    problems.append(f"{name}: waits for {dep} to be healthy, but it has no check")
     return problems
 
 
@@ -365,17 +367,22 @@ def test_rejects_port_on_all_interfaces(compose):
     assert port_problems(broken)
     broken["services"]["mlflow"]["ports"] = [{"target": 5000, "published": 5000}]
     assert port_problems(broken)
-    broken["services"]["mlflow"]["ports"] = [{"target": 5000, "published": 5000, "host_ip": "127.0.0.1"}]
+    broken["services"]["mlflow"]["ports"] = [
+        {"target": 5000, "published": 5000, "host_ip": "127.0.0.1"}
+    ]
     assert port_problems(broken) == []
     broken["services"]["postgres"]["ports"] = ["127.0.0.1:5432:5432"]
-    assert port_problems(broken) == ["postgres: port '127.0.0.1:5432:5432' publishes a port that must stay internal"]
+    assert port_problems(broken) == [
+        "postgres: port '127.0.0.1:5432:5432' publishes a port that must stay internal"
+    ]
 
 
 def test_rejects_secret_defaults_and_literals(compose):
     broken = copy.deepcopy(compose)
-    broken["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] = "${POSTGRES_PASSWORD:-hunter2}"
+    env = broken["services"]["postgres"]["environment"]
+    env["POSTGRES_PASSWORD"] = "${POSTGRES_PASSWORD:-hunter2}"
     assert secret_problems(broken)
-    broken["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] = "hunter2"
+    env["POSTGRES_PASSWORD"] = "hunter2"
     assert secret_problems(broken)
     broken = copy.deepcopy(compose)
     broken["services"]["minio"]["environment"] = ["MINIO_ROOT_PASSWORD=hunter2"]
@@ -391,15 +398,18 @@ def test_rejects_missing_ray_auth(compose):
     assert ray_auth_problems(broken)
     broken = copy.deepcopy(compose)
     broken["services"]["extra-ray"] = {"image": "x", "command": ["ray", "start", "--head"]}
-    assert ray_auth_problems(broken) == ["extra-ray: RAY_AUTH_MODE is None, not 'token'",
-                                         "extra-ray: RAY_AUTH_TOKEN must be a required ${VAR:?...} reference"]
+    assert ray_auth_problems(broken) == [
+        "extra-ray: RAY_AUTH_MODE is None, not 'token'",
+        "extra-ray: RAY_AUTH_TOKEN must be a required ${VAR:?...} reference",
+    ]
 
 
 def test_rejects_bad_depends_on_worker_and_mlflow(compose):
     broken = copy.deepcopy(compose)
     broken["services"]["mlflow"]["depends_on"] = ["postgres"]
     del broken["services"]["ray-head"]["healthcheck"]
-    assert len(depends_on_problems(broken)) == 3  # list syntax; ray-worker and hps wait for ray-head
+    # list syntax; ray-worker and hps wait for a ray-head without healthcheck
+    assert len(depends_on_problems(broken)) == 3
     broken["services"]["ray-worker"]["container_name"] = "worker"
     del broken["services"]["ray-worker"]["deploy"]
     assert len(worker_problems(broken)) == 2
@@ -410,7 +420,7 @@ def test_rejects_bad_depends_on_worker_and_mlflow(compose):
 
 def test_rejects_undocumented_variable(compose):
     broken = copy.deepcopy(compose)
-    broken["services"]["postgres"]["command"] = ["postgres", "-c", "x=${NEW_SECRET:?x}", "$$NOT_A_VAR"]
+    broken["services"]["postgres"]["command"] = ["postgres", "x=${NEW_SECRET:?x}", "$$NOT_A_VAR"]
     assert env_example_problems(broken, ENV_EXAMPLE.read_text(encoding="utf-8")) == [
         ".env.example does not define NEW_SECRET"
     ]
@@ -450,7 +460,8 @@ def _run_compose_config(cmd: list[str], env_file: Path) -> subprocess.CompletedP
     # A clean environment: variables come from the env file only, not from the caller's shell.
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"}}
     return subprocess.run(
-        [*cmd, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "--profile", "cli", "config", "-q"],
+        [*cmd, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "--profile", "cli"]
+        + ["config", "-q"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,0 +1,26 @@
+# Two entry points: `make demo` (install + a real search on embedded defaults) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+# torch first and pinned: on CPU machines `torch==2.13.0` is the local CPU wheel; the project itself only asks
+# for a compatible range, so pip keeps whatever build (CPU or CUDA) is already installed.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/hps run configs/digits.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf hps-runs mlruns.db .pytest_cache

@@ -1,0 +1,65 @@
+"""The `hps` command as a user runs it: a real subprocess joining the session's Ray, a real MLflow server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS
+
+pytestmark = pytest.mark.slow
+
+
+def hps(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    run = hps("run", str(CONFIGS / "breast_cancer.yaml"), "--name", "cli-bc", "--num-samples", "3", "--max-epochs", "3",
+              "--tracking-uri", mlflow_server, "--address", address, "--storage", str(tmp_path / "runs"),
+              "--set", "scheduler.grace_period=1", "--set", "space.units.high=16", "--set", "search.max_concurrent=2",
+              cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "best_val_loss" in run.stdout and "3 trials" in run.stdout
+    assert run.stdout.count("done,") == 3  # one progress line per finished trial
+
+    csv = tmp_path / "board.csv"
+    trials = hps("trials", "cli-bc", "--tracking-uri", mlflow_server, "--csv", str(csv), cwd=tmp_path)
+    assert trials.returncode == 0, trials.stderr
+    board = pd.read_csv(csv)
+    assert len(board) == 3 and board["rank"].tolist() == [1, 2, 3]
+    assert board["best_val_loss"].is_monotonic_increasing
+
+    shown = hps("trials", "cli-bc", "--tracking-uri", mlflow_server, cwd=tmp_path)
+    assert shown.returncode == 0 and board.loc[0, "trial"] in shown.stdout
+
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(board.loc[0, "run_id"]).data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).data.params["search.num_samples"] == "3"
+
+
+def test_trials_of_an_unknown_search_is_a_clear_error(mlflow_server, tmp_path):
+    proc = hps("trials", "no-such-search", "--tracking-uri", mlflow_server, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "hps: error: no search named 'no-such-search' at this tracking URI"
+
+
+def test_run_with_unreachable_tracking_uri_exits_2_quickly(tmp_path):
+    proc = hps("run", str(CONFIGS / "wine.yaml"), "--tracking-uri", "http://127.0.0.1:9", "--storage", str(tmp_path),
+               cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unreachable" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "search.cli", "--help"], capture_output=True, text=True).stdout
+    for command in ("run", "trials", "validate"):
+        assert command in out
+        sub = subprocess.run([sys.executable, "-m", "search.cli", command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and "usage: hps" in sub.stdout

@@ -1,0 +1,137 @@
+"""Config validation: every bad input is one clear ConfigError naming the key, before anything starts."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from search.cli import main
+from search.config import ConfigError, apply_overrides, load_config, parse_config
+from tests.conftest import CONFIGS, load_yaml
+
+BASE = load_yaml("digits.yaml")
+
+
+def with_change(path: str, value) -> dict:
+    """A copy of the digits config with one dotted key set (or deleted, for value=...)."""
+    raw = copy.deepcopy(BASE)
+    *parents, leaf = path.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return raw
+
+
+BAD_CASES = {
+    "unknown top-level key": (with_change("epochs", 10), "epochs", "unknown key"),
+    "unknown nested key": (with_change("search.sampller", "tpe"), "search.sampller", "unknown key"),
+    "unknown key in a distribution": (with_change("space.lr.logg", True), "space.lr.logg", "unknown key"),
+    "unknown hyperparameter": (with_change("space.lerning_rate", 0.1), "space.lerning_rate", "unknown hyperparameter"),
+    "wrong type": (with_change("search.num_samples", "many"), "search.num_samples", "integer"),
+    "low >= high": (with_change("space.lr.low", 0.5), "space.lr", "must be < high"),
+    "int low == high": (with_change("space.n_layers.high", 1), "space.n_layers", "must be < high"),
+    "log with low <= 0": (with_change("space.weight_decay.low", 0.0), "space.weight_decay", "low > 0"),
+    "dropout high of 1": (with_change("space.dropout.high", 1.0), "space.dropout.high", "[0, 1)"),
+    "dropout fixed at 1.5": (with_change("space.dropout", 1.5), "space.dropout", "[0, 1)"),
+    "negative dropout": (with_change("space.dropout.low", -0.1), "space.dropout.low", "[0, 1)"),
+    "empty choices": (with_change("space.activation.choices", []), "space.activation.choices", "at least 1"),
+    "unknown activation": (with_change("space.activation.choices", ["relu", "swish"]), "space.activation.choices", "swish"),
+    "if names a missing parameter": (with_change("space.momentum.if", {"optimiser": "sgd"}), "space.momentum.if", "optimiser"),
+    "unknown sampler": (with_change("search.sampler", "bayes"), "search.sampler", "tpe"),
+    "unknown scheduler": (with_change("scheduler.type", "hyperband"), "scheduler.type", "asha"),
+    "unknown dataset": (with_change("data.source", "sklearn:mnist"), "data.source", "unknown sklearn dataset"),
+    "unknown source kind": (with_change("data.source", "ftp:x"), "data.source", "unknown data source"),
+    "grace_period > max_epochs": (with_change("scheduler.grace_period", 99), "scheduler.grace_period", "grace_period (99)"),
+    "missing name": (with_change("name", ...), "name", "required"),
+    "metric not reported for task": (with_change("search.metric", "val_mae"), "search.metric", "not reported"),
+    "mode against the metric": (with_change("search.mode", "max"), "search.mode", "must be min"),
+    "distribution without type": (with_change("space.lr", {"low": 0.1, "high": 0.2}), "space.lr", "type"),
+    "per_layer on a non-layer parameter": (
+        with_change("space.dropout", {"type": "float", "low": 0.0, "high": 0.5, "per_layer": True}),
+        "space.dropout.per_layer", "only units"),
+    "fractional GPUs above one": (with_change("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial", "whole number"),
+    "bad log_models": (with_change("tracking.log_models", "some"), "tracking.log_models", "all"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_config_is_rejected_with_key_and_reason(case):
+    raw, key, fragment = BAD_CASES[case]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    message = str(info.value)
+    assert message.startswith(key), message
+    assert fragment in message, message
+    assert "\n" not in message
+
+
+def test_conditional_cycle_is_rejected():
+    raw = copy.deepcopy(BASE)
+    raw["space"]["optimizer"]["if"] = {"momentum": 0.5}
+    with pytest.raises(ConfigError, match="cycle"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_reference_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg.search.num_samples >= 1 and cfg.space
+
+
+def test_defaults_and_inferred_mode():
+    cfg = parse_config({"name": "x", "data": {"source": "sklearn:wine"}, "space": {"lr": 0.01},
+                        "search": {"metric": "val_accuracy"}, "tracking": {"uri": "sqlite:///x.db"}})
+    assert cfg.search.mode == "max"
+    assert cfg.scheduler.type == "asha" and cfg.experiment_name == "x"
+    assert cfg.tracking.log_models == "all"
+
+
+def test_overrides_set_nested_values_parsed_as_yaml():
+    raw = apply_overrides(copy.deepcopy(BASE), ["scheduler.type=fifo", "space.lr.high=0.5", "search.seed=7",
+                                                "space.optimizer=adam"])
+    cfg = parse_config(raw)
+    assert cfg.scheduler.type == "fifo" and cfg.space["lr"].high == 0.5 and cfg.search.seed == 7
+    assert cfg.space["optimizer"] == "adam"
+
+
+def test_override_into_a_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="name"):
+        apply_overrides(copy.deepcopy(BASE), ["name.x=1"])
+
+
+def test_cli_validate_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(BAD_CASES["low >= high"][0]))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "space.lr" in err and "Traceback" not in err
+
+
+def test_cli_validate_reports_yaml_syntax_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nspace: {lr: [\n")
+    assert main(["validate", str(path)]) == 2
+    assert "line" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_run_rejects_bad_config_before_ray_starts(tmp_path):
+    """As a real process: exit 2, one stderr line, and no Ray or MLflow started (nothing written)."""
+    path = tmp_path / "bad.yaml"
+    raw = with_change("scheduler.grace_period", 99)
+    raw["tracking"]["uri"] = f"sqlite:///{tmp_path}/never.db"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(path), "--storage", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "grace_period" in proc.stderr
+    assert not (tmp_path / "never.db").exists() and not (tmp_path / "s").exists()

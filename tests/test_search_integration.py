@@ -1,0 +1,129 @@
+"""End to end against a real `mlflow server` process and a real local Ray: a small ASHA search on digits."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from search.config import parse_config
+from search.errors import SearchExists, TrackingError
+from search.leaderboard import find_search_run, leaderboard, trial_runs
+from search.tuner import run_search
+from tests.conftest import load_yaml, shrink
+from trainables.checkpoint import load_model
+from trainables.data import split_dataset
+
+pytestmark = pytest.mark.slow
+NUM_SAMPLES, MAX_EPOCHS = 8, 6
+
+
+@pytest.fixture(scope="module")
+def search(ray_session, mlflow_server, tmp_path_factory):
+    raw = shrink(load_yaml("digits.yaml"), "it-digits", mlflow_server, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
+    raw["scheduler"].update(grace_period=1, reduction_factor=2)
+    cfg = parse_config(raw)
+    storage = tmp_path_factory.mktemp("storage")
+    outcome = run_search(cfg, storage=str(storage))
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    return cfg, outcome, client, parent, trial_runs(client, parent), storage
+
+
+def test_parent_run_records_the_search(search):
+    cfg, outcome, client, parent, children, _ = search
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.sampler"] == "tpe"
+    assert parent.data.params["scheduler.type"] == "asha"
+    assert "'type': 'float'" in parent.data.params["space.lr"]
+    split = split_dataset(cfg.data.source, cfg.data.task, 0.15, 0.15, 0)
+    assert parent.data.tags["hps.split_fingerprint"] == split.fingerprint
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "leaderboard.csv"} <= artifacts
+    assert parent.data.tags["hps.n_trials"] == str(NUM_SAMPLES)
+
+
+def test_one_nested_child_run_per_trial_none_running(search):
+    _, _, _, parent, children, _ = search
+    assert len(children) == NUM_SAMPLES
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["hps.trial_id"] for c in children}) == NUM_SAMPLES
+
+
+def test_trial_params_use_config_names_and_placement_tags(search):
+    _, _, _, _, children, _ = search
+    for child in children:
+        params = child.data.params
+        assert {"lr", "weight_decay", "dropout", "n_layers", "activation", "norm", "optimizer", "batch_size"} <= set(params)
+        assert {f"units_{i}" for i in range(int(params["n_layers"]))} <= set(params)
+        assert ("momentum" in params) == (params["optimizer"] == "sgd")
+        assert child.data.tags["device"] == "cpu"
+        assert child.data.tags["node_id"] and child.data.tags["hostname"] == socket.gethostname()
+
+
+def test_metric_histories_have_one_point_per_epoch(search):
+    _, _, client, _, children, _ = search
+    for child in children:
+        last_epoch = int(child.data.tags["hps.last_epoch"])
+        for name in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
+            history = client.get_metric_history(child.info.run_id, name)
+            assert sorted(m.step for m in history) == list(range(1, last_epoch + 1)), name
+
+
+def test_asha_stopped_some_trials_and_outcomes_are_tagged(search):
+    _, _, _, _, children, _ = search
+    outcomes = {c.data.tags["hps.outcome"] for c in children}
+    assert "stopped_early" in outcomes and "completed" in outcomes
+    for child in children:
+        last = int(child.data.tags["hps.last_epoch"])
+        if child.data.tags["hps.outcome"] == "completed":
+            assert last == MAX_EPOCHS
+        else:
+            assert last < MAX_EPOCHS and f"stopped early at epoch {last}" == child.data.tags["hps.outcome_note"]
+
+
+def test_every_trial_has_a_rebuildable_best_epoch_model(search, tmp_path):
+    cfg, _, client, _, children, _ = search
+    split = split_dataset(cfg.data.source, cfg.data.task, 0.15, 0.15, 0)
+    data = split.trial_data()
+    for child in children:
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {"model/weights.pt", "model/model.json"}
+    best = next(c for c in children if c.data.tags.get("hps.best") == "true")
+    local = client.download_artifacts(best.info.run_id, "model", str(tmp_path))
+    model, description = load_model(local)
+    assert description["epoch"] == int(best.data.metrics["best_epoch"])
+    with torch.inference_mode():
+        accuracy = (model(torch.tensor(data.x_val)).argmax(1).numpy() == data.y_val).mean()
+    assert accuracy == pytest.approx(best.data.metrics["best_epoch_val_accuracy"], abs=1e-6)
+
+
+def test_leaderboard_is_best_first_and_matches_parent_tags(search):
+    _, outcome, client, parent, _, _ = search
+    board = leaderboard(client, find_search_run(client, "it-digits"))
+    assert len(board) == NUM_SAMPLES
+    values = board["best_val_loss"].tolist()
+    assert values == sorted(values)
+    assert board.iloc[0]["run_id"] == parent.data.tags["hps.best_run_id"]
+    assert outcome.leaderboard["run_id"].tolist() == board["run_id"].tolist()
+
+
+def test_same_name_in_same_storage_is_refused(search):
+    cfg, _, _, _, _, storage = search
+    with pytest.raises(SearchExists, match="--overwrite"):
+        run_search(cfg, storage=str(storage))
+
+
+def test_unreachable_tracking_server_fails_fast(ray_session, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    raw = shrink(load_yaml("wine.yaml"), "unreachable", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable"):
+        run_search(parse_config(raw), storage=str(tmp_path))
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / "unreachable").exists()

@@ -1,0 +1,69 @@
+"""The searcher tells Optuna the truth: early-stopped → PRUNED with intermediate values, errors/NaN → FAIL."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import parse_config
+from search.searcher import PruningAwareOptunaSearch, make_sampler
+from search.space import define_by_run
+from tests.conftest import load_yaml
+
+
+def searcher() -> PruningAwareOptunaSearch:
+    cfg = parse_config(load_yaml("digits.yaml"))
+    return PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
+                                    sampler=make_sampler("tpe", 0))
+
+
+def feed(s: PruningAwareOptunaSearch, trial_id: str, losses: list[float], finished: bool, error: bool = False) -> dict:
+    config = s.suggest(trial_id)
+    best = math.inf
+    result = {}
+    for epoch, loss in enumerate(losses, start=1):
+        best = min(best, loss) if math.isfinite(loss) else best
+        result = {"epoch": epoch, "val_loss": loss, "best_val_loss": best,
+                  "finished": finished and epoch == len(losses), "training_iteration": epoch}
+        s.on_trial_result(trial_id, result)
+    s.on_trial_complete(trial_id, result=None if error else result, error=error)
+    return config
+
+
+def test_states_and_values_told_to_optuna():
+    s = searcher()
+    feed(s, "complete", [0.9, 0.5, 0.6], finished=True)
+    feed(s, "stopped", [1.2, 1.1], finished=False)
+    feed(s, "errored", [0.8], finished=False, error=True)
+    feed(s, "nan", [0.7, float("nan")], finished=True)
+    trials = {t.number: t for t in s._ot_study.get_trials(deepcopy=False)}
+    complete, stopped, errored, nan = (trials[i] for i in range(4))
+    assert complete.state == TrialState.COMPLETE and complete.value == 0.5  # best epoch, not the last
+    assert complete.intermediate_values == {1: 0.9, 2: 0.5, 3: 0.6}
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 1.2, 2: 1.1}
+    assert errored.state == TrialState.FAIL
+    # a NaN at the end: the best finite value is kept, the NaN itself is never reported
+    assert nan.state == TrialState.COMPLETE and nan.value == 0.7 and nan.intermediate_values == {1: 0.7}
+
+
+def test_stock_behaviour_would_have_been_complete():
+    """Guard the premise: Ray's own OptunaSearch tells an early-stopped trial as COMPLETE."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    cfg = parse_config(load_yaml("digits.yaml"))
+    stock = OptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
+                         sampler=optuna.samplers.RandomSampler(seed=0))
+    stock.suggest("t")
+    stock.on_trial_result("t", {"val_loss": 1.0, "training_iteration": 1})
+    stock.on_trial_complete("t", {"val_loss": 1.0, "training_iteration": 1})
+    assert stock._ot_study.trials[0].state == TrialState.COMPLETE
+
+
+def test_all_samplers_construct_and_suggest():
+    cfg = parse_config(load_yaml("digits.yaml"))
+    for name in ("tpe", "random", "cmaes", "gp", "qmc"):
+        s = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
+                                     sampler=make_sampler(name, 0))
+        assert "lr" in s.suggest("a")
