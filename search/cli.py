@@ -46,6 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.tuner import SearchFailed, run_search  # Ray and MLflow load only when a search runs
 
     cfg = load_config(args.config, _overrides(args))
+    print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} at a time), "
+          f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, ranked by {cfg.search.metric}; "
+          f"tracking {cfg.tracking.uri}", flush=True)
     try:
         outcome = run_search(cfg, address=args.address, storage=args.storage, overwrite=args.overwrite)
     except SearchFailed as exc:

@@ -19,6 +19,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per search says nothing
+
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,

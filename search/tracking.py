@@ -47,7 +47,8 @@ def connect(uri: str) -> MlflowClient:
         parent = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         if not parent.is_dir():
             raise TrackingError(f"tracking database folder {parent} does not exist")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migration chatter on a new sqlite store
+    for chatty in ("alembic", "mlflow.store.db.utils"):  # schema migration chatter on a new sqlite store
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -124,6 +124,9 @@ def _init_ray(address: str | None) -> None:
     # Tune warns on every forced experiment snapshot (one per kept-checkpoint rotation); on small trials that is
     # a warning per second which says nothing actionable to a user.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The legacy reporter honours verbose=0 fully; the new one still prints a config box and TensorBoard hints.
+    # Progress comes from search.progress instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
