@@ -76,6 +76,45 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate the best trial of a search on its held-out test split and register it."""
+    from search.evaluate import evaluate_search
+
+    ev = evaluate_search(args.tracking_uri, args.name, metric=args.metric, force=args.force, register_as=args.register_as)
+    print(f"chose trial {ev.selection}")
+    print(f"test set: {ev.n_test} rows, never seen during the search")
+    for key, value in ev.metrics.items():
+        print(f"  {key:<15} {value:.4f}")
+    print(f"logged on the search's parent run: test_* metrics, {', '.join(ev.artifacts)}")
+    print(f"registered: {ev.registered}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict rows of a CSV with a registered model, a run's model or a search's best model."""
+    from search.evaluate import predict_file
+
+    n = predict_file(args.tracking_uri, args.model, args.input, args.output)
+    print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Regenerate the review plots and leaderboard CSV of a search on its parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from search.evaluate import recorded_config
+    from search.leaderboard import find_search_run
+    from search.report import write_report
+    from search.tracking import connect
+
+    client: MlflowClient = connect(args.tracking_uri)
+    parent = find_search_run(client, args.name)
+    written = write_report(client, parent, recorded_config(client, parent))
+    print(f"logged on run {parent.info.run_id} under report/: {', '.join(written) or 'no plots (no finished trials)'}")
+    return 0
+
+
 def _format_board(board, limit: int | None = None) -> str:
     if board.empty:
         return "(no trials)"
@@ -111,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
     trials.add_argument("--limit", type=int, default=None, help="show only the top N trials")
     trials.set_defaults(func=cmd_trials)
 
+    tracking_default = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    evaluate = sub.add_parser("evaluate", help="evaluate the best trial once on the held-out test set",
+                              description="Pick the best trial by validation, evaluate it on the test split, "
+                                          "log the results and register the model with alias 'champion'.")
+    evaluate.add_argument("name", help="search name")
+    evaluate.add_argument("--tracking-uri", default=tracking_default)
+    evaluate.add_argument("--metric", help="validation metric to pick the trial by (default: the search's)")
+    evaluate.add_argument("--force", action="store_true", help="evaluate again although the test set was already used")
+    evaluate.add_argument("--register-as", help="Model Registry name (default: tracking.registered_model or the search name)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="predict rows of a CSV file", description="Predict raw rows with a model.")
+    predict.add_argument("model", help="models:/NAME@champion, runs:/RUN_ID/model, or a search name")
+    predict.add_argument("input", help="CSV with the training table's feature columns")
+    predict.add_argument("-o", "--output", required=True, help="CSV to write predictions to")
+    predict.add_argument("--tracking-uri", default=tracking_default)
+    predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="regenerate a search's review plots", description="Regenerate review plots.")
+    report.add_argument("name", help="search name")
+    report.add_argument("--tracking-uri", default=tracking_default)
+    report.set_defaults(func=cmd_report)
+
     validate = sub.add_parser("validate", help="check a config without running it", description="Check a config file.")
     validate.add_argument("config", help="YAML config file")
     validate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
@@ -122,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hps`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from search.errors import USER_ERRORS
 
     try:

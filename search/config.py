@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainables.data import SKLEARN_DATASETS, TASKS
+from trainables.data import SKLEARN_DATASETS, SOURCE_KINDS, TABLE_KINDS, TASKS
 from trainables.metrics import LOSSES, MAXIMIZED, TASK_METRICS
 from trainables.model import ACTIVATIONS, NORMS
 from trainables.train import OPTIMIZERS
@@ -128,22 +128,50 @@ class SplitConfig(_Strict):
         return test
 
 
+class ImputeConfig(_Strict):
+    """How missing feature values are filled (statistics of the training split only)."""
+
+    numeric: Literal["median", "mean"] = "median"
+    categorical: Literal["most_frequent", "missing"] = "most_frequent"  # missing: a category of its own
+
+
 class DataConfig(_Strict):
-    """Where the data comes from and what task it is."""
+    """Where the data comes from, which columns are used and what task it is.
+
+    ``source`` is ``sklearn:NAME``, ``csv:PATH``, ``parquet:PATH`` (both need ``target``), ``npz:PATH`` (arrays
+    X, y) or ``idx:DIR`` (MNIST-style IDX files). Relative paths are resolved against the working directory;
+    files are checked when the data is loaded, so a config can be validated where its data is not.
+    """
 
     source: str
     task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    target: str | None = Field(default=None, validate_default=True)  # the column to predict (csv, parquet)
+    features: list[str] | None = Field(default=None, min_length=1)  # default: every column but target and drop
+    drop: list[str] | None = None  # columns that are not features (ids, names, leaks)
+    impute: ImputeConfig = ImputeConfig()
     split: SplitConfig = SplitConfig()
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
-        kind, _, name = source.partition(":")
-        if kind != "sklearn":
-            raise ValueError(f"unknown data source {source!r}; expected sklearn:<name>")
-        if name not in SKLEARN_DATASETS:
+        kind, sep, name = source.partition(":")
+        if not sep or kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(k + ':' for k in SOURCE_KINDS)}")
+        if kind == "sklearn" and name not in SKLEARN_DATASETS:
             raise ValueError(f"unknown sklearn dataset {name!r}; choose from {', '.join(sorted(SKLEARN_DATASETS))}")
+        if not name.strip():
+            raise ValueError(f"{kind}: needs a path, e.g. {kind}:{'DIR' if kind == 'idx' else 'data/file.' + kind}")
         return source
+
+    @field_validator("target")
+    @classmethod
+    def _target_for_tables(cls, target: str | None, info: ValidationInfo) -> str | None:
+        kind = str(info.data.get("source", "")).partition(":")[0]
+        if kind in TABLE_KINDS and not target:
+            raise ValueError(f"required for {kind}: sources (the column to predict)")
+        if kind and kind not in TABLE_KINDS and target is not None:
+            raise ValueError(f"only csv: and parquet: sources have named target columns, not {kind}:")
+        return target
 
 
 class SearchConfig(_Strict):
@@ -217,6 +245,7 @@ class TrackingConfig(_Strict):
     uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
     experiment: str | None = None  # default: the search name
     log_models: Literal["all", "best", "none"] = "all"
+    registered_model: str | None = None  # Model Registry name for `hps evaluate` (default: the search name)
 
 
 class TrainingConfig(_Strict):
@@ -224,6 +253,7 @@ class TrainingConfig(_Strict):
 
     checkpoint_every: PositiveInt = 1  # epochs between checkpoints (improvements are always checkpointed)
     amp: bool = True  # bf16 autocast when a trial runs on a GPU
+    compile: bool = False  # torch.compile each trial's model: compiling takes seconds, so it only pays on long trials
 
 
 class HpsConfig(_Strict):
@@ -319,13 +349,15 @@ def _space_values(spec: Any) -> list[tuple[str, Any]]:
 
 
 # Tasks of the bundled datasets, so `task: auto` configs are checked without loading data.
+# IDX files are MNIST-style digit/article images: always 10 classes.
 _BUNDLED_TASKS = {"digits": "multiclass", "wine": "multiclass", "iris": "multiclass",
-                  "breast_cancer": "binary", "diabetes": "regression"}
+                  "breast_cancer": "binary", "diabetes": "regression", "idx": "multiclass"}
 
 
 def _known_task(cfg: HpsConfig) -> str:
     kind, _, name = cfg.data.source.partition(":")
-    return _BUNDLED_TASKS.get(name, "auto") if cfg.data.task == "auto" and kind == "sklearn" else cfg.data.task
+    known = _BUNDLED_TASKS.get(name if kind == "sklearn" else kind, "auto")
+    return known if cfg.data.task == "auto" and kind in ("sklearn", "idx") else cfg.data.task
 
 
 def _check_task_metric(cfg: HpsConfig) -> None:

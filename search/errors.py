@@ -18,4 +18,12 @@ class SearchNotFound(LookupError):
     """No search of that name is recorded on the tracking server."""
 
 
-USER_ERRORS = (ConfigError, DataError, TrackingError, SearchExists, SearchNotFound)
+class AlreadyEvaluated(RuntimeError):
+    """The search's test set was already used; a second use needs --force."""
+
+
+class ModelNotFound(LookupError):
+    """No usable model behind a model reference or a search."""
+
+
+USER_ERRORS = (ConfigError, DataError, TrackingError, SearchExists, SearchNotFound, AlreadyEvaluated, ModelNotFound)

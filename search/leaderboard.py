@@ -56,7 +56,7 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
         }
         row.update({k.removeprefix("best_epoch_"): v for k, v in sorted(metrics.items()) if k.startswith("best_epoch_")})
         row.pop(metric, None)  # same number as best_<metric>
-        row.update({f"param.{k}": _parse_number(v) for k, v in sorted(run.data.params.items())})
+        row.update({f"param.{k}": parse_number(v) for k, v in sorted(run.data.params.items())})
         row["run_id"] = run.info.run_id
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -67,7 +67,7 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def _parse_number(text: str) -> int | float | str:
+def parse_number(text: str) -> int | float | str:
     """MLflow stores params as strings; numbers are shown and sorted as numbers."""
     for kind in (int, float):
         try:

@@ -46,6 +46,21 @@ def define_by_run(space: dict[str, Any]) -> Callable[[optuna.Trial], dict]:
     return SpaceSampler(space)
 
 
+def distribution_for(space: dict[str, Any], param: str) -> optuna.distributions.BaseDistribution | None:
+    """The Optuna distribution a sampled parameter came from (``units_3`` → ``units``); None for constants."""
+    spec = space.get(param)
+    if spec is None and "_" in param:
+        base, _, index = param.rpartition("_")
+        spec = space.get(base) if index.isdigit() and getattr(space.get(base), "per_layer", False) else None
+    if isinstance(spec, IntParam):
+        return optuna.distributions.IntDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, FloatParam):
+        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, CategoricalParam):
+        return optuna.distributions.CategoricalDistribution(spec.choices)
+    return None
+
+
 def suggest(trial: optuna.Trial, name: str, spec: Any) -> Any:
     """One ``suggest_*`` call for a distribution spec."""
     if isinstance(spec, IntParam):

@@ -19,8 +19,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig, check_metric_for_task, config_to_yaml
+from search.dataset import split_from_config
 from search.leaderboard import leaderboard
 from search.progress import ProgressPrinter
+from search.report import write_report
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
 from search.tracking import (
@@ -29,10 +31,8 @@ from search.tracking import (
     experiment_id,
     finish_search_run,
     log_model_artifacts,
-    log_table,
     start_search_run,
 )
-from trainables.data import split_dataset
 from trainables.ray_adapter import tune_trainable
 from trainables.train import TrainSettings
 from search.errors import SearchExists
@@ -68,9 +68,7 @@ def storage_dir(storage: str | None) -> str:
 def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False) -> SearchOutcome:
     """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input."""
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
-    split = split_dataset(
-        cfg.data.source, cfg.data.task, cfg.data.split.val, cfg.data.split.test, cfg.data.split.seed
-    )
+    split = split_from_config(cfg)  # data options are passed on in search.dataset
     check_metric_for_task(cfg, split.task)
     client = connect(cfg.tracking.uri)
     storage_path = storage_dir(storage)
@@ -95,7 +93,7 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
             if cfg.tracking.log_models == "best":
                 log_model_artifacts(client, best["run_id"], _checkpoint_of(results, best["trial"]))
             client.set_tag(best["run_id"], "hps.best", "true")
-            log_table(client, parent, board, "leaderboard.csv")
+            _write_report(client, parent, cfg)
             status = RunStatus.to_string(RunStatus.FINISHED)
         finish_search_run(client, parent, status, summary)
     except KeyboardInterrupt:
@@ -107,6 +105,14 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     if status != RunStatus.to_string(RunStatus.FINISHED):
         raise SearchFailed(f"all {len(results)} trials failed; see the failed runs' hps.outcome_note in MLflow")
     return SearchOutcome(cfg.name, parent, board, len(results), n_errors)
+
+
+def _write_report(client, parent: str, cfg: HpsConfig) -> None:
+    # The review plots are a convenience: failing to draw one must not turn a finished search into a failed one.
+    try:
+        write_report(client, client.get_run(parent), cfg)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not write the search report (hps report %s retries): %s", cfg.name, exc)
 
 
 def _claim_storage(storage_path: str, name: str, overwrite: bool) -> None:
@@ -140,6 +146,7 @@ def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tu
         seed=cfg.search.seed or 0,
         checkpoint_every=cfg.training.checkpoint_every,
         amp=cfg.training.amp,
+        compile=cfg.training.compile,
         num_threads=max(1, int(cfg.resources.cpus_per_trial)),
     )
     trainable = tune.with_resources(

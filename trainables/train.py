@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from trainables.model import architecture_from_params, build_mlp
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
+# Data stays resident on a GPU only while it takes at most this share of the free device memory: trials sharing a
+# GPU (fractional gpus_per_trial) each upload their own copy, and activations and optimizer state need room too.
+DEVICE_DATA_FRACTION = 0.2
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +57,8 @@ class TrainSettings:
     checkpoint_every: int = 1  # epochs between checkpoints; improvements and the last epoch are always saved
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_threads: int = 1  # intra-op threads; follows the CPUs a trial was given
+    compile: bool = False  # torch.compile the model; its compile time (~20 s on CPU) dwarfs short trials
+    stream: bool | None = None  # keep data in host memory and move batches; None: only when it does not fit the device
 
 
 def trial_seed(params: dict, base_seed: int) -> int:
@@ -98,11 +106,8 @@ def train_trial(
     loss_fn = loss_function(task)
     description = {"architecture": arch.to_dict(), "preprocessor": prep, "params": params}
 
-    # The whole dataset lives on the device; batches are slices of a shuffled index (no DataLoader collation).
-    # torch.tensor copies: arrays from Ray's object store are read-only.
-    x_train, y_train, x_val, y_val = (
-        torch.tensor(a, device=device) for a in (data.x_train, data.y_train, data.x_val, data.y_val)
-    )
+    x_train, y_train, x_val, y_val = _place_data(data, device, settings.stream)
+    net = _maybe_compile(model, x_val[:2].to(device)) if settings.compile else model
     batch_size = int(params.get("batch_size", 64))
     use_amp = settings.amp and device.type == "cuda"
 
@@ -117,10 +122,10 @@ def train_trial(
     for epoch in range(start_epoch, settings.max_epochs + 1):
         # Seeding the shuffle by epoch makes a resumed trial see the same batches it would have seen.
         generator = torch.Generator().manual_seed(seed + epoch)
-        train_loss = _train_epoch(model, optimizer, loss_fn, task, x_train, y_train, batch_size, generator, use_amp)
+        train_loss = _train_epoch(net, optimizer, loss_fn, task, x_train, y_train, batch_size, generator, use_amp, device)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss is {train_loss} at epoch {epoch}")
-        metrics = {"epoch": epoch, "train_loss": train_loss, **_evaluate(model, loss_fn, task, x_val, y_val, prep, use_amp)}
+        metrics = {"epoch": epoch, "train_loss": train_loss, **_evaluate(net, loss_fn, task, x_val, y_val, prep, use_amp, device)}
         value = metrics.get(settings.metric, metrics["val_loss"])
         improved = math.isfinite(value) and sign * value < best["best_value"]
         if improved:
@@ -136,18 +141,66 @@ def train_trial(
         report(metrics, snapshot)
 
 
-def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, use_amp) -> float:
+def _place_data(data: TrialData, device: torch.device, stream: bool | None) -> list[torch.Tensor]:
+    """Train/validation tensors: on the device when they fit (batches are then slices of a shuffled index, no
+    DataLoader collation), else in host memory (pinned on CUDA), each batch moved to the device as it is needed."""
+    arrays = (data.x_train, data.y_train, data.x_val, data.y_val)
+    if stream is None:
+        stream = not _fits_on_device(sum(a.nbytes for a in arrays), device)
+    if not stream:
+        # torch.tensor copies: arrays from Ray's object store are read-only.
+        return [torch.tensor(a, device=device) for a in arrays]
+    log.info("training data kept in host memory; batches are moved to %s one at a time", device)
+    host = [torch.tensor(a) for a in arrays]
+    return [t.pin_memory() for t in host] if device.type == "cuda" else host
+
+
+def _fits_on_device(nbytes: int, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True  # host memory: the arrays are already there
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_DATA_FRACTION * free
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``; from pinned host memory the copy is asynchronous (it overlaps the previous step)."""
+    if t.device == device:
+        return t
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
+def _maybe_compile(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``torch.compile(model)``, or the model itself when compiling fails here (no C++ compiler, no Triton, ...).
+
+    Compilation is lazy, so one eval-mode forward pass (no dropout, no batch-norm update, no RNG use) forces it
+    now, where a failure can still fall back instead of failing the trial.
+    """
+    try:
+        compiled = torch.compile(model)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            compiled(example)
+        model.train(was_training)
+        return compiled
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: train uncompiled
+        log.warning("torch.compile failed (%s: %s); training without it", type(exc).__name__, str(exc)[:200])
+        return model
+
+
+def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, use_amp, device) -> float:
     """One pass over the training data in shuffled mini-batches; returns the mean training loss."""
     model.train()
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
-    total = torch.zeros((), device=x.device)  # summed on the device: no host sync per batch
+    total = torch.zeros((), device=device)  # summed on the device: no host sync per batch
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         if idx.numel() < 2 and n > 1:
             continue  # a batch of one row breaks batch norm and adds nothing
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = loss_fn(model(x[idx]), loss_target(task, y[idx]))
+        xb, yb = _to(x[idx], device), _to(y[idx], device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = loss_fn(model(xb), loss_target(task, yb))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -155,11 +208,12 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     return float(total) / n
 
 
-def _evaluate(model, loss_fn, task, x, y, prep, use_amp) -> dict[str, float]:
+def _evaluate(model, loss_fn, task, x, y, prep, use_amp, device) -> dict[str, float]:
     """Validation loss and task metrics, computed in large batches without gradients."""
     model.eval()
-    with torch.inference_mode(), torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        outputs = torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, x.shape[0], EVAL_BATCH)]).float()
+    y = _to(y, device)
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        outputs = torch.cat([model(_to(x[i : i + EVAL_BATCH], device)) for i in range(0, x.shape[0], EVAL_BATCH)]).float()
         val_loss = float(loss_fn(outputs, loss_target(task, y)))
     return {"val_loss": val_loss, **validation_metrics(task, outputs, y, prep.get("target_scale", 1.0))}
 

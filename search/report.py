@@ -1,0 +1,62 @@
+"""The search review on the parent run: leaderboard CSV and PNG plots, (re)generated from MLflow records."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import optuna
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from search import plots
+from search.config import HpsConfig
+from search.leaderboard import leaderboard, parse_number, trial_runs
+from search.space import distribution_for
+from search.tracking import log_table
+
+TOP_CURVES = 8
+
+
+def review_study(cfg: HpsConfig, runs: list[Run]) -> optuna.Study:
+    """An Optuna study rebuilt from the trial runs, for Optuna's plots.
+
+    Every trial that produced a result enters as COMPLETE with its best validation value (stopped ones
+    included: for reviewing the space, a trial ASHA stopped early still says something about its region).
+    """
+    metric = cfg.search.metric
+    study = optuna.create_study(direction="minimize" if cfg.search.mode == "min" else "maximize")
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        value = run.data.metrics.get(f"best_{metric}")
+        if value is None or run.data.tags.get("hps.outcome") == "failed":
+            continue
+        params, dists = {}, {}
+        for name, text in run.data.params.items():
+            dist = distribution_for(cfg.space, name)
+            if dist is not None:
+                params[name], dists[name] = parse_number(text), dist
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    return study
+
+
+def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]:
+    """Create the review artifacts and log them on the parent run under ``report/``; returns their names."""
+    runs = trial_runs(client, parent)
+    board = leaderboard(client, parent)
+    metric = cfg.search.metric
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        written = plots.optuna_plots(review_study(cfg, runs), directory)
+        top = board[board["outcome"] != "failed"].head(TOP_CURVES)
+        histories = {
+            row["trial"]: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], metric)]
+            for _, row in top.iterrows()
+        }
+        stopped = set(top.loc[top["outcome"] == "stopped_early", "trial"])
+        if histories:
+            written.append(plots.validation_curves(histories, stopped, metric, directory / "validation_curves.png"))
+        if written:
+            client.log_artifacts(parent.info.run_id, str(directory), artifact_path="report")
+    if not board.empty:
+        log_table(client, parent.info.run_id, board, "leaderboard.csv")
+    return sorted(p.name for p in written)
