@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's multi-axes figures are not tight_layout-compatible; harmless
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

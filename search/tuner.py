@@ -117,6 +117,7 @@ def _write_report(client, parent: str, cfg: HpsConfig) -> None:
 
 def _claim_storage(storage_path: str, name: str, overwrite: bool) -> None:
     if "://" in storage_path:
+        _claim_remote_storage(storage_path, name, overwrite)
         return
     folder = Path(storage_path) / name
     if folder.exists():

@@ -77,29 +77,44 @@ class RayNode:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
-        """SIGTERM the node's process group (graceful), then SIGKILL whatever of it is left."""
-        pgid = self.process.pid  # start_new_session: the node's session and process group id is its pid
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
+        """SIGTERM every process of the node's session (graceful), then SIGKILL whatever of it is left.
+
+        The session, not the process group: Ray puts each of its worker processes into a process group of its
+        own, but they all stay in the session `start_new_session` created for `ray start`.
+        """
+        sid = self.process.pid
+        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            for pid in _session_pids(sid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(pgid):
-                self.process.poll()  # reap the leader
+            while time.monotonic() < deadline and _session_pids(sid):
+                self.process.poll()  # reap the session leader, our child
                 time.sleep(0.2)
-            if not _group_alive(pgid):
+            if not _session_pids(sid):
                 break
         self.process.wait(timeout=10)
         self.log.close()
+        left = _session_pids(sid)
+        assert not left, f"ray {self.name}: processes {left} survived SIGKILL"
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session ``sid``, from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
 
 
 # Joins the cluster as a driver and waits until the expected number of nodes is alive; prints their IDs.

@@ -141,10 +141,8 @@ def _load_npz(path: Path) -> Table:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except ValueError as exc:  # object arrays need pickle, which is refused
-        raise DataError(f"cannot read npz file {str(path)!r}: {exc}") from None
-    except Exception as exc:
-        raise DataError(f"cannot read npz file {str(path)!r}: {exc}") from None
+    except Exception as exc:  # a bad archive, or object arrays (pickle is refused)
+        raise DataError(f"cannot read npz file {str(path)!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     if "X" not in arrays or "y" not in arrays:
         raise DataError(f"npz file {str(path)!r} needs arrays 'X' and 'y'; it has: {', '.join(arrays) or 'none'}")
     x, y = arrays["X"], arrays["y"]
@@ -205,7 +203,7 @@ def _select_features(table: Table, features: Sequence[str] | None, drop: Sequenc
     table.features.columns = columns
     target = str(table.target.name) if table.target.name is not None else None
     for key, names in (("data.features", features), ("data.drop", drop)):
-        unknown = [n for n in names or [] if n not in columns]
+        unknown = [n for n in names or [] if n not in columns and not (n == target and key == "data.drop")]
         if target is not None and target in (names or []) and key == "data.features":
             raise DataError(f"{key}: {target!r} is the target column, not a feature")
         if unknown:
@@ -303,18 +301,24 @@ class Preprocessor:
         strategy = {**DEFAULT_IMPUTE, **(impute or {})}
         names = [str(c) for c in features.columns]
         prep = cls(task=task, feature_names=names, numeric=[], mean=[], scale=[], impute=strategy)
+        empty = features.columns[features.isna().all().to_numpy()]
+        if len(empty):
+            raise DataError(f"feature column(s) with no values in the training split: {', '.join(map(str, empty))}; "
+                            "drop them (data.drop)")
         for name in names:
-            column = features[name]
-            if column.isna().all():
-                raise DataError(f"feature column {name!r} has no values in the training split; drop it (data.drop)")
-            if _is_categorical(column):
-                prep._fit_categorical(name, column, strategy["categorical"])
+            if _is_categorical(features[name]):
+                prep._fit_categorical(name, features[name], strategy["categorical"])
             else:
                 prep.numeric.append(name)
-                values = column.astype(np.float64)
-                prep.fill[name] = float(values.median() if strategy["numeric"] == "median" else values.mean())
         if prep.numeric:
-            filled = prep._numeric_matrix(features)
+            values = features[prep.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+            missing = np.isnan(values)
+            if strategy["numeric"] == "median":
+                fill = np.nanmedian(values, axis=0) if missing.any() else np.median(values, axis=0)
+            else:
+                fill = np.nanmean(values, axis=0)
+            prep.fill.update({name: float(v) for name, v in zip(prep.numeric, fill)})
+            filled = np.where(missing, fill, values) if missing.any() else values
             mean = filled.mean(axis=0) if standardize else np.zeros(filled.shape[1])
             scale = filled.std(axis=0) if standardize else np.ones(filled.shape[1])
             scale[scale == 0] = 1.0  # constant columns stay constant (0) instead of dividing by zero
@@ -543,7 +547,7 @@ def split_dataset(
         log.info("data %s: dropped %d row(s) with a missing target", source, n_dropped)
         table.features = table.features[has_target].reset_index(drop=True)
         table.target = table.target[has_target].reset_index(drop=True)
-    empty = [c for c in table.features.columns if table.features[c].isna().all()]
+    empty = [str(c) for c in table.features.columns[table.features.isna().all().to_numpy()]]
     if empty:
         raise DataError(f"feature column(s) with no values at all: {', '.join(empty)}; drop them (data.drop)")
     resolved = detect_task(table.target) if task == "auto" else task

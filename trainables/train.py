@@ -7,6 +7,7 @@ turns that into ``tune.report``; tests pass a list's ``append``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -72,13 +73,16 @@ def make_optimizer(params: dict, model: nn.Module) -> torch.optim.Optimizer:
     name = params.get("optimizer", "adam")
     lr = float(params.get("lr", 1e-3))
     weight_decay = float(params.get("weight_decay", 0.0))
+    # One fused kernel per parameter instead of a handful of small ops: on small MLPs the optimizer step is a
+    # large share of each batch's time (CPU and CUDA support it).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         momentum = float(params.get("momentum", 0.9))
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}")
 
 
@@ -193,19 +197,23 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     model.train()
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
-    total = torch.zeros((), device=device)  # summed on the device: no host sync per batch
+    losses, sizes = [], []  # kept on the device and summed once: no host sync, no extra ops per batch
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         if idx.numel() < 2 and n > 1:
             continue  # a batch of one row breaks batch norm and adds nothing
-        xb, yb = _to(x[idx], device), _to(y[idx], device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        xb, yb = _to(x.index_select(0, idx), device), _to(y.index_select(0, idx), device)
+        with autocast:
             loss = loss_fn(model(xb), loss_target(task, yb))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach().float() * idx.numel()
-    return float(total) / n
+        losses.append(loss.detach())
+        sizes.append(idx.numel())
+    if not losses:
+        return 0.0
+    return float(torch.stack(losses).float() @ torch.tensor(sizes, dtype=torch.float32, device=device)) / n
 
 
 def _evaluate(model, loss_fn, task, x, y, prep, use_amp, device) -> dict[str, float]:

@@ -1,0 +1,152 @@
+"""run → evaluate → predict end to end on a real `mlflow server` and a real local Ray.
+
+A CSV with a categorical column and missing values (regression), and a bundled binary classifier.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+from search.config import parse_config
+from search.errors import AlreadyEvaluated, ModelNotFound
+from search.evaluate import evaluate_search, predict_file
+from search.tuner import run_search
+from tests.conftest import load_yaml, shrink
+from trainables.data import DataError
+
+pytestmark = pytest.mark.slow
+
+
+def make_table(n: int, seed: int) -> pd.DataFrame:
+    """Cars-like rows: numeric columns with gaps, a categorical origin with gaps, a target with gaps."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(3000, 600, n)
+    power = rng.normal(100, 30, n)
+    origin = rng.choice(["usa", "europe", "japan"], n)
+    mpg = 60 - weight / 100 - power / 20 + np.select([origin == "japan", origin == "europe"], [4.0, 2.0], 0.0)
+    frame = pd.DataFrame({"weight": weight, "horsepower": power, "origin": origin,
+                          "name": [f"car {i}" for i in range(n)], "mpg": mpg + rng.normal(0, 1, n)})
+    for column, gaps in (("horsepower", 12), ("origin", 8), ("mpg", 5)):
+        frame.loc[rng.choice(n, min(gaps, n // 4), replace=False), column] = np.nan
+    return frame
+
+
+@pytest.fixture(scope="module")
+def csv_search(ray_session, mlflow_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("csv")
+    make_table(300, 0).to_csv(root / "cars.csv", index=False)
+    raw = shrink(load_yaml("auto_mpg.yaml"), "eval-cars", mlflow_server, num_samples=4, max_epochs=8)
+    raw["data"].update(source=f"csv:{root / 'cars.csv'}", target="mpg", drop=["name"])
+    cfg = parse_config(raw)
+    outcome = run_search(cfg, storage=str(root / "runs"))
+    evaluation = evaluate_search(mlflow_server, "eval-cars")
+    return cfg, outcome, evaluation, root
+
+
+@pytest.fixture(scope="module")
+def binary_search(ray_session, mlflow_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bc")
+    raw = shrink(load_yaml("breast_cancer.yaml"), "eval-bc", mlflow_server, num_samples=3, max_epochs=5)
+    raw["tracking"]["registered_model"] = "bc-classifier"
+    outcome = run_search(parse_config(raw), storage=str(root / "runs"))
+    return outcome, evaluate_search(mlflow_server, "eval-bc"), root
+
+
+def test_regression_test_metrics_and_plots_on_the_parent(csv_search, mlflow_server):
+    _, outcome, evaluation, _ = csv_search
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    assert {"test_mse", "test_rmse", "test_mae", "test_r2"} <= set(parent.data.metrics)
+    assert parent.data.metrics["test_mae"] == pytest.approx(evaluation.metrics["test_mae"])
+    assert parent.data.metrics["test_rmse"] == pytest.approx(np.sqrt(evaluation.metrics["test_mse"]))
+    assert parent.data.tags["hps.test_trial_id"] == evaluation.trial_id
+    assert parent.data.tags["hps.test_run_id"] == outcome.leaderboard.iloc[0]["run_id"]  # best by validation
+    assert "at epoch" in parent.data.tags["hps.test_selection"]
+    assert parent.info.status == "FINISHED"
+    test_files = {a.path for a in client.list_artifacts(parent.info.run_id, "test")}
+    assert {"test/predicted_vs_actual.png", "test/evaluation_1.json"} <= test_files
+    assert parent.data.params["data.n_dropped_missing_target"] == "5"
+
+
+def test_review_report_is_on_the_parent(csv_search, mlflow_server):
+    _, outcome, _, _ = csv_search
+    client = MlflowClient(mlflow_server)
+    report = {a.path for a in client.list_artifacts(outcome.parent_run_id, "report")}
+    assert {"report/optimization_history.png", "report/validation_curves.png", "report/slice.png"} <= report
+    assert main(["report", "eval-cars", "--tracking-uri", mlflow_server]) == 0
+
+
+def test_second_evaluation_is_refused_then_forced_and_recorded(csv_search, mlflow_server, capsys):
+    _, outcome, first, _ = csv_search
+    with pytest.raises(AlreadyEvaluated, match="already evaluated") as info:
+        evaluate_search(mlflow_server, "eval-cars")
+    assert "test_mae=" in str(info.value) and "--force" in str(info.value)
+    assert main(["evaluate", "eval-cars", "--tracking-uri", mlflow_server]) == 2
+    assert "already evaluated" in capsys.readouterr().err
+    second = evaluate_search(mlflow_server, "eval-cars", force=True)
+    assert second.metrics == pytest.approx(first.metrics)  # same model, same test rows
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["hps.test_uses"] == "2"
+    history = client.get_metric_history(parent.info.run_id, "test_mae")
+    assert sorted(m.step for m in history) == [1, 2]
+    local = client.download_artifacts(parent.info.run_id, "test/evaluation_2.json", str(csv_search[3]))
+    record = json.loads(open(local).read())
+    assert record["forced"] is True and record["use"] == 2
+
+
+def test_predict_raw_rows_with_unseen_category(csv_search, mlflow_server, tmp_path):
+    rows = make_table(20, 1).drop(columns=["mpg"])
+    rows.loc[0, "origin"] = "mars"  # never seen in training: one-hot all zeros, not a crash
+    rows.loc[1, "horsepower"] = np.nan
+    path = tmp_path / "new.csv"
+    rows.to_csv(path, index=False)
+    out = tmp_path / "pred.csv"
+    assert predict_file(mlflow_server, "models:/eval-cars@champion", str(path), str(out)) == 20
+    predictions = pd.read_csv(out)
+    assert list(predictions.columns) == ["prediction"] and predictions["prediction"].notna().all()
+    # the same model through the search name and through the run URI gives the same numbers
+    run_id = MlflowClient(mlflow_server).get_run(csv_search[1].parent_run_id).data.tags["hps.test_run_id"]
+    for reference in ("eval-cars", f"runs:/{run_id}/model"):
+        predict_file(mlflow_server, reference, str(path), str(tmp_path / "again.csv"))
+        assert np.allclose(pd.read_csv(tmp_path / "again.csv")["prediction"], predictions["prediction"], rtol=1e-5)
+
+
+def test_predict_with_a_missing_feature_column_is_a_clear_error(csv_search, mlflow_server, tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    make_table(5, 2).drop(columns=["mpg", "weight"]).to_csv(path, index=False)
+    with pytest.raises(DataError, match="weight"):
+        predict_file(mlflow_server, "eval-cars", str(path), str(tmp_path / "x.csv"))
+    assert main(["predict", "eval-cars", str(path), "-o", str(tmp_path / "x.csv"), "--tracking-uri", mlflow_server]) == 2
+    assert "weight" in capsys.readouterr().err
+    with pytest.raises(ModelNotFound):
+        predict_file(mlflow_server, "models:/no-such-model@champion", str(path), str(tmp_path / "x.csv"))
+
+
+def test_classifier_evaluation_registry_alias_and_pyfunc(binary_search, mlflow_server, tmp_path):
+    outcome, evaluation, _ = binary_search
+    assert {"test_accuracy", "test_precision", "test_recall", "test_f1", "test_log_loss", "test_roc_auc"} <= set(evaluation.metrics)
+    assert evaluation.registered == "models:/bc-classifier@champion"
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias("bc-classifier", "champion")
+    assert version.tags["hps.search"] == "eval-bc"
+    files = {a.path for a in client.list_artifacts(outcome.parent_run_id, "test")}
+    assert {"test/confusion_matrix.png", "test/per_class_report.csv"} <= files
+    # the registered model is a proper pyfunc with a signature over the raw feature columns
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    info = mlflow.models.get_model_info("models:/bc-classifier@champion")
+    assert info.signature is not None and "mean radius" in info.signature.inputs.input_names()
+    from sklearn.datasets import load_breast_cancer
+
+    rows = load_breast_cancer(as_frame=True).data.head(4)
+    predicted = mlflow.pyfunc.load_model("models:/bc-classifier@champion").predict(rows)
+    assert set(predicted["prediction"]) <= {"malignant", "benign"}
+    assert np.allclose(predicted[["proba_malignant", "proba_benign"]].sum(axis=1), 1.0, atol=1e-5)
