@@ -43,21 +43,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a search and print its leaderboard."""
-    from search.tuner import SearchFailed, run_search  # Ray and MLflow load only when a search runs
+    from search.tuner import run_search  # Ray and MLflow load only when a search runs
 
     cfg = load_config(args.config, _overrides(args))
     print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} at a time), "
           f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, ranked by {cfg.search.metric}; "
           f"tracking {cfg.tracking.uri}", flush=True)
+    return _report_outcome(lambda: run_search(cfg, address=args.address, storage=args.storage, overwrite=args.overwrite))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted or crashed search."""
+    from search.tuner import resume_search
+
+    print(f"resuming search {args.name}", flush=True)
+    return _report_outcome(lambda: resume_search(args.name, storage=args.storage, tracking_uri=args.tracking_uri,
+                                                 address=args.address))
+
+
+def _report_outcome(execute) -> int:
+    """Run a search (new or resumed); print its leaderboard, or why it ended early, with the right exit code."""
+    from search.tuner import SearchFailed, SearchInterrupted, TrackingBacklog
+
     try:
-        outcome = run_search(cfg, address=args.address, storage=args.storage, overwrite=args.overwrite)
-    except SearchFailed as exc:
+        outcome = execute()
+    except SearchInterrupted as exc:
+        return _fail(str(exc), EXIT_INTERRUPTED)
+    except (SearchFailed, TrackingBacklog) as exc:
         return _fail(str(exc), EXIT_FAILED)
     print()
     print(_format_board(outcome.leaderboard, limit=10))
-    print(f"\n{outcome.n_trials} trials; parent run {outcome.parent_run_id} at {cfg.tracking.uri}")
-    print(f"review: mlflow ui --backend-store-uri {cfg.tracking.uri}" if cfg.tracking.uri.startswith("sqlite")
-          else f"review: {cfg.tracking.uri}")
+    uri = outcome.tracking_uri
+    print(f"\n{outcome.n_trials} trials; parent run {outcome.parent_run_id} at {uri}")
+    print(f"review: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"review: {uri}")
     return 0
 
 
@@ -142,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. scheduler.type=fifo")
     run.add_argument("--overwrite", action="store_true", help="start over if a search of this name exists in storage")
     run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted or crashed search",
+                            description="Continue a search from its experiment state: finished trials are kept, "
+                                        "unfinished ones resume from their checkpoints, MLflow runs are reused.")
+    resume.add_argument("name", help="search name")
+    resume.add_argument("--storage", help="the storage folder or URI the search was started with (default: ./hps-runs)")
+    resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the search was started with)")
+    resume.add_argument("--address", help="address of a running Ray cluster to join")
+    resume.set_defaults(func=cmd_resume)
 
     trials = sub.add_parser("trials", help="show the leaderboard of a search", description="Leaderboard of a search, best first.")
     trials.add_argument("name", help="search name")

@@ -6,7 +6,7 @@ Optuna trial is never finished. Here:
 
 - a trial that ended before ``max_epochs`` without an error is PRUNED (Optuna keeps its intermediate values,
   reported per epoch);
-- a trial that errored, reported nothing, or whose value is not finite is FAIL;
+- a trial that errored, diverged, reported nothing, or whose value is not finite is FAIL;
 - a trial that ran its full budget is COMPLETE with its best validation value (the epoch whose weights are kept).
 """
 
@@ -37,7 +37,7 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 
 def trial_outcome(result: dict | None, error: bool, metric: str) -> tuple[TrialState, float | None]:
     """How a finished Tune trial should be told to Optuna: state and value."""
-    if error or not result:
+    if error or not result or result.get("diverged"):
         return TrialState.FAIL, None
     value = result.get(f"best_{metric}", result.get(metric))
     if value is None or not math.isfinite(value):

@@ -7,10 +7,10 @@ of creating duplicates (Ray's MLflowLoggerCallback has neither nesting nor that)
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +23,7 @@ from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
 from search.errors import TrackingError
+from search.writer import TrackingWriter
 
 log = logging.getLogger(__name__)
 
@@ -110,123 +111,179 @@ def log_model_artifacts(client: MlflowClient, run_id: str, checkpoint: tune.Chec
     return True
 
 
-def _never_raise(method):
-    """Tracking must never take a search down: a failed logging call is logged and the search goes on."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any tracking failure is non-fatal by design
-            log.warning("MLflow logging failed in %s: %s", method.__name__, exc)
-            self.failures += 1
-
-    return wrapper
+# Every writer of this process, by parent run id: run_search drains the one its callback created.
+WRITERS: dict[str, TrackingWriter] = {}
 
 
 class TrialRunLogger(tune.Callback):
-    """Tune callback: a nested MLflow run per trial with params, per-epoch metrics, placement, outcome, model."""
+    """Tune callback: a nested MLflow run per trial with params, per-epoch metrics, placement, outcome, model.
 
-    def __init__(
-        self, tracking_uri: str, exp_id: str, parent_run_id: str, search_name: str, max_epochs: int, log_models: str
-    ) -> None:
+    It never blocks the driver and never raises: writes go through a :class:`TrackingWriter` that buffers them
+    while the tracking server is unreachable.
+    """
+
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, search_name: str, log_models: str,
+                 staging_dir: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
         self.search_name = search_name
-        self.max_epochs = max_epochs
         self.log_models = log_models
-        self.runs: dict[str, str] = {}  # trial_id → MLflow run id; saved with the experiment state
-        self.ended: set[str] = set()  # trials whose run is terminated
-        self.at_best: dict[str, dict[str, float]] = {}  # trial_id → metrics of its best epoch so far
-        self.failures = 0
-        self._client: MlflowClient | None = None
+        self.staging_dir = staging_dir
+        self.runs: dict[str, str] = {"parent": parent_run_id}  # writer key → run id; saved with the experiment
+        self.ended: set[str] = set()  # trials whose run was terminated
+        self.at_best: dict[str, dict[str, float]] = {}  # trial → metrics at its best epoch so far
+        self.last_epoch: dict[str, int] = {}  # trial → last epoch logged (a retried trial replays some epochs)
+        self.unfinished: list[str] = []  # trials still open when the experiment ended (interrupted search)
+        self.known: set[str] = set()  # trials whose run exists or whose creation is queued
+        self.restored = False
+        self._writer: TrackingWriter | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_writer"] = None  # a thread: recreated after unpickling
+        return state
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
+    def writer(self) -> TrackingWriter:
+        if self._writer is None:
+            self._writer = TrackingWriter(self.tracking_uri, self.staging_dir)
+            self._writer.runs.update(self.runs)
+            self.runs = self._writer.runs  # one map, updated by the writer as runs are created
+            WRITERS[self.parent_run_id] = self._writer
+        return self._writer
+
+    def setup(self, **info) -> None:
+        self.writer  # noqa: B018 - start the writer thread before the first trial
 
     def get_state(self) -> dict:
-        return {"runs": dict(self.runs), "ended": set(self.ended), "at_best": dict(self.at_best)}
+        return {"runs": dict(self.runs), "ended": set(self.ended), "at_best": dict(self.at_best),
+                "last_epoch": dict(self.last_epoch)}
 
     def set_state(self, state: dict) -> None:
-        self.runs, self.ended, self.at_best = state["runs"], state["ended"], state["at_best"]
+        self.writer.runs.update(state["runs"])
+        self.known = set(state["runs"]) - {"parent"}
+        self.ended, self.at_best, self.last_epoch = state["ended"], state["at_best"], state["last_epoch"]
+        self.restored = True
 
-    @_never_raise
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if trial.trial_id in self.runs:  # a retried or restored trial keeps its run
-            self.client.set_tag(self.runs[trial.trial_id], "hps.retries", str(trial.num_failures))
+        key = trial.trial_id
+        if key in self.runs or key in self.known or (self.restored and self._attach_existing(key)):
+            # A retried or resumed trial continues its own run.
+            self.known.add(key)
+            self.ended.discard(key)
+            self.writer.submit("set_status", key, status="RUNNING")
+            self.writer.submit("log_batch", key, tags={"hps.outcome": "running", "hps.retries": trial.num_failures})
             return
-        tags = {
-            PARENT_TAG: self.parent_run_id,
-            "hps.search": self.search_name,
-            "hps.role": "trial",
-            "hps.trial_id": trial.trial_id,
-            "hps.outcome": "running",
-        }
-        run = self.client.create_run(self.exp_id, tags=tags, run_name=f"trial-{trial.trial_id}")
-        self.runs[trial.trial_id] = run.info.run_id
-        _log_params(self.client, run.info.run_id, trial.config)
+        tags = {PARENT_TAG: self.parent_run_id, "hps.search": self.search_name, "hps.role": "trial",
+                "hps.trial_id": key, "hps.outcome": "running"}
+        self.known.add(key)
+        self.writer.submit("create_run", key, experiment_id=self.exp_id, tags=tags, run_name=f"trial-{key}")
+        self.writer.submit("log_params", key, params=dict(trial.config))
 
-    @_never_raise
+    def _attach_existing(self, key: str) -> bool:
+        """After a driver crash the saved trial→run map may predate a run: look the run up before creating one."""
+        try:
+            found = self.writer.client.search_runs(
+                [self.exp_id], f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`hps.trial_id` = '{key}'")
+            if not found:
+                return False
+            run_id = found[0].info.run_id
+            history = self.writer.client.get_metric_history(run_id, "train_loss")
+            self.last_epoch[key] = max((m.step for m in history), default=self.last_epoch.get(key, 0))
+        except Exception as exc:  # noqa: BLE001 - server down: a new run is better than no run
+            log.warning("could not look up the run of trial %s: %s", key, exc)
+            return False
+        self.runs[key] = run_id
+        return True
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.writer.submit("log_batch", trial.trial_id, tags={"hps.retries": trial.num_failures,
+                                                              "hps.outcome": "retrying"})
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
+        key = trial.trial_id
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self.last_epoch.get(key, 0):
+            return  # replayed after a restore from an older checkpoint: the history already has this epoch
+        self.last_epoch[key] = step
         now = int(time.time() * 1000)
         values = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) and _is_number(v)}
         values["epoch_time_s"] = result.get("time_this_iter_s", 0.0)
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-        tags = []
-        if step == 1 or trial.trial_id not in self.at_best:
-            tags = [RunTag(k, str(result[k])) for k in ("node_id", "hostname", "device") if k in result]
+        tags = {}
+        if key not in self.at_best or step == 1:
+            tags = {k: result[k] for k in ("node_id", "hostname", "device", "pid") if k in result}
         if result.get("best_epoch") == step:
-            self.at_best[trial.trial_id] = {k: v for k, v in values.items() if k.startswith(("train_", "val_"))}
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self.at_best[key] = {k: v for k, v in values.items() if k.startswith(("train_", "val_"))}
+        self.writer.submit("log_batch", key, metrics=[(k, float(v), now, step) for k, v in values.items()], tags=tags)
 
-    @_never_raise
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        if result.get("finished"):
-            outcome, note = "completed", f"completed {result.get('epoch')} epochs"
+        if result.get("diverged"):
+            self._end(trial, "failed", f"diverged: {result['diverged']}", "FAILED")
+        elif result.get("finished"):
+            self._end(trial, "completed", f"completed {result.get('epoch')} epochs", "FINISHED", self.log_models == "all")
         else:
-            outcome, note = "stopped_early", f"stopped early at epoch {result.get('epoch')}"
-        self._end(trial, outcome, note, RunStatus.FINISHED, log_model=self.log_models == "all")
+            self._end(trial, "stopped_early", f"stopped early at epoch {result.get('epoch')}", "FINISHED",
+                      self.log_models == "all")
 
-    @_never_raise
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = trial.get_error() or "unknown error"
-        reason = str(error).strip().splitlines()[-1][:500]
+        error = str(trial.get_error() or "unknown error").strip()
+        reason = error.splitlines()[-1][:500]
         epoch = (trial.last_result or {}).get("epoch", 0)
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is not None:
-            self.client.log_text(run_id, str(error), "error.txt")
-        self._end(trial, "failed", f"failed at epoch {epoch}: {reason}", RunStatus.FAILED, log_model=False)
+        self.writer.submit("log_text", trial.trial_id, text=error, path="error.txt")
+        self._end(trial, "failed", f"failed at epoch {epoch} after {trial.num_failures} attempt(s): {reason}", "FAILED")
 
-    @_never_raise
     def on_experiment_end(self, trials, **info) -> None:
-        # Trials still pending or running when the experiment ends (interrupted search) must not stay RUNNING.
+        # Trials still pending or running when the experiment ends (an interrupted search) must not stay RUNNING;
+        # a resumed search reopens them.
+        self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
         for trial in trials:
             if trial.trial_id in self.runs and trial.trial_id not in self.ended:
-                self._end(trial, "interrupted", "search ended before this trial did", RunStatus.KILLED, log_model=False)
+                self._end(trial, "interrupted", "the search stopped before this trial ended", "KILLED")
 
-    def _end(self, trial, outcome: str, note: str, status: int, log_model: bool) -> None:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None or trial.trial_id in self.ended:
+    def _end(self, trial, outcome: str, note: str, status: str, log_model: bool = False) -> None:
+        key = trial.trial_id
+        if key not in self.known or key in self.ended:
             return
         result = trial.last_result or {}
-        tags = [RunTag("hps.outcome", outcome), RunTag("hps.outcome_note", note)]
+        tags = {"hps.outcome": outcome, "hps.outcome_note": note}
         if "epoch" in result:
-            tags.append(RunTag("hps.last_epoch", str(result["epoch"])))
-        summary = [Metric(f"best_epoch_{k}", float(v), int(time.time() * 1000), 0) for k, v in self.at_best.get(trial.trial_id, {}).items()]
-        self.client.log_batch(run_id, metrics=summary, tags=tags)
-        if log_model and log_model_artifacts(self.client, run_id, trial.checkpoint):
-            self.client.set_tag(run_id, "hps.model", "model")
-        self.client.set_terminated(run_id, RunStatus.to_string(status))
-        self.ended.add(trial.trial_id)
+            tags["hps.last_epoch"] = result["epoch"]
+        now = int(time.time() * 1000)
+        summary = [(f"best_epoch_{k}", float(v), now, 0) for k, v in self.at_best.get(key, {}).items()]
+        self.writer.submit("log_batch", key, metrics=summary, tags=tags)
+        if log_model:
+            self._submit_model(key, trial.checkpoint)
+        self.writer.submit("set_status", key, status=status)
+        self.ended.add(key)
+        if outcome != "interrupted" and (log_model or outcome == "failed"):
+            # The model is in MLflow (or staged for upload) and an ended trial is never resumed: its checkpoints
+            # would only fill the disk (500 trials x 2 checkpoints each).
+            prune_checkpoints(trial.local_path)
+
+    def _submit_model(self, key: str, checkpoint: tune.Checkpoint | None) -> None:
+        if checkpoint is None:
+            return
+        try:
+            with checkpoint.as_directory() as directory:
+                model_dir = Path(directory) / MODEL_DIR
+                if model_dir.is_dir():
+                    self.writer.submit("log_artifacts", key, local_dir=str(model_dir), artifact_path="model")
+                    self.writer.submit("log_batch", key, tags={"hps.model": "model"})
+        except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
+            log.warning("could not read the checkpoint of trial %s: %s", key, exc)
+
+
+def prune_checkpoints(trial_dir: str | None) -> int:
+    """Delete a trial's checkpoint folders (local storage only); returns how many were removed."""
+    if not trial_dir or "://" in trial_dir or not Path(trial_dir).is_dir():
+        return 0
+    removed = 0
+    for folder in Path(trial_dir).glob("checkpoint_*"):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def _is_number(value: Any) -> bool:

@@ -5,46 +5,59 @@ checked before Ray starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import ray
-from mlflow.entities import RunStatus
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from search.config import HpsConfig, check_metric_for_task, config_to_yaml
-from search.dataset import split_from_config
+from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
+from search.dataset import split_from_config, with_absolute_source
 from search.leaderboard import leaderboard
 from search.progress import ProgressPrinter
 from search.report import write_report
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
 from search.tracking import (
+    WRITERS,
     TrialRunLogger,
     connect,
     experiment_id,
     finish_search_run,
     log_model_artifacts,
+    prune_checkpoints,
     start_search_run,
 )
+from search.writer import TrackingWriter, quick_failing_http
+from search.errors import SearchExists, SearchNotFound, TrackingError
+from trainables.data import DataError
 from trainables.ray_adapter import tune_trainable
 from trainables.train import TrainSettings
-from search.errors import SearchExists
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "hps-runs"
 
 
-
 class SearchFailed(RuntimeError):
     """The search ran but produced no usable trial."""
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped (Ctrl-C) before every trial ended; it can be resumed."""
+
+
+class TrackingBacklog(RuntimeError):
+    """The search finished but MLflow writes are still pending (tracking server down)."""
 
 
 @dataclass
@@ -53,6 +66,7 @@ class SearchOutcome:
 
     name: str
     parent_run_id: str
+    tracking_uri: str
     leaderboard: pd.DataFrame
     n_trials: int
     n_errors: int
@@ -68,6 +82,7 @@ def storage_dir(storage: str | None) -> str:
 def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False) -> SearchOutcome:
     """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input."""
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
+    cfg = with_absolute_source(cfg)
     split = split_from_config(cfg)  # data options are passed on in search.dataset
     check_metric_for_task(cfg, split.task)
     client = connect(cfg.tracking.uri)
@@ -76,35 +91,168 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     exp_id = experiment_id(client, cfg.experiment_name)
     config = cfg.model_dump(mode="json", by_alias=True)
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
+    _write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
+                                             "tracking_uri": cfg.tracking.uri})
+    search = _Search(cfg, client, exp_id, parent, storage_path)
 
-    status = RunStatus.to_string(RunStatus.FAILED)
+    def make_tuner() -> tune.Tuner:
+        logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.staging)
+        return _build_tuner(cfg, split.trial_data(), storage_path, [logger, ProgressPrinter(cfg)])
+
+    return _execute(search, make_tuner, address)
+
+
+def resume_search(name: str, storage: str | None = None, tracking_uri: str | None = None,
+                  address: str | None = None) -> SearchOutcome:
+    """Continue search ``name`` from its experiment state: finished trials are kept, unfinished ones resume from
+    their checkpoints, and the same MLflow parent and child runs are continued."""
+    storage_path = storage_dir(storage)
+    manifest = _read_manifest(storage_path, name)
+    cfg = parse_config(manifest["config"])
+    uri = tracking_uri or manifest["tracking_uri"]
+    if tracking_uri:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
+    client = connect(uri)
+    pending = _pending_file(storage_path, name)
+    if pending.exists() and not TrackingWriter.replay(pending, uri):
+        raise TrackingError(f"could not write the buffered MLflow operations in {pending}; is {uri} up?")
+    parent = manifest["parent_run_id"]
+    split = split_from_config(cfg)
+    recorded = client.get_run(parent).data.tags.get("hps.split_fingerprint")
+    if split.fingerprint != recorded:
+        raise DataError(f"the data changed since the search started (split fingerprint {split.fingerprint} != "
+                        f"{recorded}); it cannot be resumed on different data")
+    client.update_run(parent, status="RUNNING")
+    search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path)
+
+    def make_tuner() -> tune.Tuner:
+        trainable = _trainable(cfg, split.trial_data())
+        # Errored trials stay errored (retries already happened); unfinished ones continue from checkpoints.
+        return tune.Tuner.restore(_experiment_path(storage_path, name), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=False)
+
+    return _execute(search, make_tuner, address)
+
+
+@dataclass
+class _Search:
+    cfg: HpsConfig
+    client: Any
+    exp_id: str
+    parent: str
+    storage_path: str
+
+    @property
+    def staging(self) -> str:
+        """Where model files wait for upload while the tracking server is down (outlives the process)."""
+        return str(Path(tempfile.gettempdir()) / "hps-staging" / self.parent)
+
+
+def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
+    """Fit the tuner, wait for MLflow writes, finish the parent run; never leave it RUNNING."""
+    cfg, client, parent = search.cfg, search.client, search.parent
+    quick_failing_http()
     try:
         _init_ray(address)
-        logger = TrialRunLogger(
-            cfg.tracking.uri, exp_id, parent, cfg.name, cfg.scheduler.max_epochs, cfg.tracking.log_models
-        )
-        tuner = _build_tuner(cfg, split.trial_data(), storage_path, [logger, ProgressPrinter(cfg)])
-        results = tuner.fit()
-        board = leaderboard(client, client.get_run(parent))
-        n_errors = sum(1 for r in results if r.error is not None)
-        summary = _summarize(board, cfg, len(results), n_errors)
-        if not board.empty and board.iloc[0]["outcome"] != "failed":
-            best = board.iloc[0]
-            if cfg.tracking.log_models == "best":
-                log_model_artifacts(client, best["run_id"], _checkpoint_of(results, best["trial"]))
-            client.set_tag(best["run_id"], "hps.best", "true")
-            _write_report(client, parent, cfg)
-            status = RunStatus.to_string(RunStatus.FINISHED)
-        finish_search_run(client, parent, status, summary)
-    except KeyboardInterrupt:
-        finish_search_run(client, parent, RunStatus.to_string(RunStatus.KILLED), {"hps.status": "interrupted"})
+        results = make_tuner().fit()
+        logger_writer = WRITERS.pop(parent, None)
+        interrupted = _was_interrupted(results, cfg)
+        if logger_writer is not None and not logger_writer.drain(cfg.tracking.outage_wait_s):
+            pending = _pending_file(search.storage_path, cfg.name)
+            count = logger_writer.save_pending(pending)
+            raise TrackingBacklog(
+                f"the tracking server was unreachable at the end of the search; {count} MLflow writes are saved in "
+                f"{pending}: run `hps resume {cfg.name}{_storage_flag(search.storage_path)}` once it is back"
+            )
+        if interrupted:
+            finish_search_run(client, parent, "KILLED", {"hps.status": "interrupted"})
+            raise SearchInterrupted(f"search {cfg.name} was interrupted; continue it with "
+                                    f"`hps resume {cfg.name}{_storage_flag(search.storage_path)}`")
+        return _finish(search, results)
+    except (KeyboardInterrupt, SearchInterrupted, TrackingBacklog, SearchFailed):
+        _end_parent_quietly(client, parent, "KILLED")
         raise
     except BaseException as exc:
-        finish_search_run(client, parent, status, {"hps.status": f"error: {exc}"[:500]})
+        _end_parent_quietly(client, parent, "FAILED", f"error: {exc}"[:500])
         raise
-    if status != RunStatus.to_string(RunStatus.FINISHED):
-        raise SearchFailed(f"all {len(results)} trials failed; see the failed runs' hps.outcome_note in MLflow")
-    return SearchOutcome(cfg.name, parent, board, len(results), n_errors)
+
+
+def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
+    cfg, client, parent = search.cfg, search.client, search.parent
+    board = leaderboard(client, client.get_run(parent))
+    n_errors = sum(1 for r in results if r.error is not None)
+    summary = _summarize(board, cfg, len(results), n_errors)
+    if board.empty or board.iloc[0]["outcome"] == "failed":
+        finish_search_run(client, parent, "FAILED", summary)
+        reasons = board["outcome_note"].dropna().unique()[:3] if "outcome_note" in board else []
+        raise SearchFailed(f"all {len(board)} trials failed ({'; '.join(reasons) or 'no result'}); "
+                           "see hps.outcome_note on the trial runs in MLflow")
+    best = board.iloc[0]
+    if cfg.tracking.log_models == "best":
+        log_model_artifacts(client, best["run_id"], _checkpoint_of(results, best["trial"]))
+    client.set_tag(best["run_id"], "hps.best", "true")
+    if cfg.tracking.log_models != "all":  # with "all" each trial's checkpoints went as soon as its model was uploaded
+        for result in results:
+            prune_checkpoints(result.path)
+    _write_report(client, parent, cfg)
+    finish_search_run(client, parent, "FINISHED", summary)
+    return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors)
+
+
+def _end_parent_quietly(client, parent: str, status: str, note: str | None = None) -> None:
+    """End the parent run if it is still RUNNING; a tracking failure here must not hide the original error."""
+    try:
+        if client.get_run(parent).info.status == "RUNNING":
+            finish_search_run(client, parent, status, {"hps.status": note or status.lower()})
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not end the search's MLflow run %s: %s", parent, exc)
+
+
+def _was_interrupted(results: tune.ResultGrid, cfg: HpsConfig) -> bool:
+    """Ctrl-C makes Tune return early with trials left unfinished (or never created)."""
+    trials = results._experiment_analysis.trials  # noqa: SLF001 - the only place Tune exposes trial states
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    return bool(unfinished) or len(trials) < cfg.search.num_samples
+
+
+def _storage_flag(storage_path: str) -> str:
+    return "" if storage_path == storage_dir(None) else f" --storage {storage_path}"
+
+
+def _experiment_path(storage_path: str, name: str) -> str:
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+MANIFEST = "hps-search.json"
+
+
+def _write_manifest(storage_path: str, name: str, manifest: dict) -> None:
+    """What `hps resume` needs besides Ray's own state: the resolved config and the MLflow run ids."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(_experiment_path(storage_path, name))
+    filesystem.create_dir(root, recursive=True)
+    with filesystem.open_output_stream(f"{root}/{MANIFEST}") as stream:
+        stream.write(json.dumps(manifest, indent=1).encode())
+
+
+def _read_manifest(storage_path: str, name: str) -> dict:
+    import pyarrow.fs
+
+    path = _experiment_path(storage_path, name)
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(path)
+    if filesystem.get_file_info(f"{root}/{MANIFEST}").type == pyarrow.fs.FileType.NotFound:
+        raise SearchNotFound(f"no search named {name!r} in {storage_path} (looked for {path}/{MANIFEST})")
+    if not tune.Tuner.can_restore(path):
+        raise SearchNotFound(f"search {name!r} in {storage_path} has no experiment state to resume from")
+    with filesystem.open_input_stream(f"{root}/{MANIFEST}") as stream:
+        return json.loads(stream.readall())
+
+
+def _pending_file(storage_path: str, name: str) -> Path:
+    if "://" in storage_path:
+        return Path.cwd() / f"{name}.mlflow-pending.json"
+    return Path(storage_path) / name / "mlflow-pending.json"
 
 
 def _write_report(client, parent: str, cfg: HpsConfig) -> None:
@@ -122,8 +270,25 @@ def _claim_storage(storage_path: str, name: str, overwrite: bool) -> None:
     folder = Path(storage_path) / name
     if folder.exists():
         if not overwrite:
-            raise SearchExists(f"a search named {name!r} already exists in {folder}; pass --overwrite to start over")
+            raise SearchExists(f"a search named {name!r} already exists in {folder}; continue it with "
+                               f"`hps resume {name} --storage {storage_path}` or start over with --overwrite")
         shutil.rmtree(folder)
+
+
+def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:
+    """The same check for ``s3://`` (or another pyarrow filesystem Ray accepts): a second search of the same name
+    would otherwise write into the first one's experiment state. S3 settings come from the environment
+    (``AWS_ENDPOINT_URL`` for MinIO, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), as they do for Ray."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
+    path = f"{root.rstrip('/')}/{name}"
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return
+    if not overwrite:
+        raise SearchExists(f"a search named {name!r} already exists in {uri.rstrip('/')}/{name}; "
+                           "pass --overwrite to start over")
+    filesystem.delete_dir(path)
 
 
 def _init_ray(address: str | None) -> None:
@@ -134,13 +299,16 @@ def _init_ray(address: str | None) -> None:
     # The legacy reporter honours verbose=0 fully; the new one still prints a config box and TensorBoard hints.
     # Progress comes from search.progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
     ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
 
 
-def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tune.Tuner:
+def _trainable(cfg: HpsConfig, data):
+    """The shared trainable with the data in Ray's object store (once) and this search's settings and resources."""
     settings = TrainSettings(
         max_epochs=cfg.scheduler.max_epochs,
         metric=cfg.search.metric,
@@ -150,10 +318,33 @@ def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tu
         compile=cfg.training.compile,
         num_threads=max(1, int(cfg.resources.cpus_per_trial)),
     )
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(tune_trainable, data=data, settings=settings),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
+
+
+class SchedulerState(tune.Callback):
+    """Saves the scheduler's bookkeeping (ASHA's rungs) with the experiment state and restores it on resume.
+
+    Tune restores a scheduler from the pickle taken when the search *started*, so ASHA forgets every rung
+    decision made before a crash (ray-project/ray#30838). Callbacks' state, however, is saved with each
+    experiment snapshot; this one carries the scheduler's. It and the scheduler are unpickled together from
+    the same tuner pickle, so after a restore ``self.scheduler`` is the scheduler Tune uses.
+    """
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return dict(self.scheduler.__dict__)
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.__dict__.update(state)
+
+
+def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tune.Tuner:
+    trainable = _trainable(cfg, data)
     searcher = ConcurrencyLimiter(
         # With a define-by-run space OptunaSearch ignores the metric/mode Tune passes on: give them here too.
         PruningAwareOptunaSearch(
@@ -171,6 +362,7 @@ def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tu
             grace_period=cfg.scheduler.grace_period,
             reduction_factor=cfg.scheduler.reduction_factor,
         )
+        callbacks = [*callbacks, SchedulerState(scheduler)]
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(

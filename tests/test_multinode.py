@@ -5,12 +5,17 @@ node IDs, one logical CPU each) with token authentication, next to a real `mlflo
 (the session's ``mlflow_server`` fixture). `hps run --address HEAD --tracking-uri SERVER` runs as a subprocess, the
 way a user on a cluster node runs it. Two trials at a time on two 1-CPU nodes must land on both nodes.
 
+With `moto` installed (dev extras) a local S3-compatible server (`moto.server`, a real HTTP server) runs too, and
+a second search uses `--storage s3://BUCKET/PREFIX` on the same cluster: both nodes write checkpoints to the bucket
+through Ray's pyarrow S3 filesystem (`AWS_ENDPOINT_URL`, as for MinIO).
+
 The nodes are stopped by killing exactly the process groups this module started (never `ray stop`, which would
 also stop the test session's own Ray).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -35,14 +40,19 @@ from trainables.checkpoint import load_model
 pytestmark = pytest.mark.slow
 
 NODE_IP = "127.0.0.1"
+BUCKET = "hps-checkpoints"
 NUM_SAMPLES, MAX_EPOCHS = 4, 3
 OBJECT_STORE_BYTES = 100 * 1024**2  # Ray's default reserves a third of RAM per node; the test needs a few MB
 
 
-def _cluster_env(token: str) -> dict[str, str]:
+def _cluster_env(token: str, s3_endpoint: str | None) -> dict[str, str]:
     """The environment of every process of the test cluster: head, worker, and drivers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no RAY_ADDRESS etc. from outside
+    # Nothing from outside that would point Ray or pyarrow elsewhere (RAY_ADDRESS, real AWS settings).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    if s3_endpoint:  # what docs/cluster.md gives ray-head, ray-worker and hps for MinIO
+        env.update(AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
@@ -76,29 +86,33 @@ class RayNode:
         self.log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def stop(self) -> None:
-        """SIGTERM every process of the node's session (graceful), then SIGKILL whatever of it is left.
 
-        The session, not the process group: Ray puts each of its worker processes into a process group of its
-        own, but they all stay in the session `start_new_session` created for `ray start`.
-        """
-        sid = self.process.pid
-        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+def _stop_nodes(nodes: list[RayNode]) -> None:
+    """SIGTERM every process of the nodes' sessions (graceful), then SIGKILL whatever is left.
+
+    Sessions, not process groups: Ray puts each of its worker processes into a process group of its own, but they
+    all stay in the session that `start_new_session` created for `ray start`. Nothing outside them is touched.
+    """
+    sessions = [node.process.pid for node in nodes]
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
+        for sid in sessions:
             for pid in _session_pids(sid):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _session_pids(sid):
-                self.process.poll()  # reap the session leader, our child
-                time.sleep(0.2)
-            if not _session_pids(sid):
-                break
-        self.process.wait(timeout=10)
-        self.log.close()
-        left = _session_pids(sid)
-        assert not left, f"ray {self.name}: processes {left} survived SIGKILL"
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_session_pids(sid) for sid in sessions):
+            for node in nodes:
+                node.process.poll()  # reap the session leaders, our children
+            time.sleep(0.2)
+        if not any(_session_pids(sid) for sid in sessions):
+            break
+    for node in nodes:
+        node.process.wait(timeout=10)
+        node.log.close()
+    left = {node.name: _session_pids(node.process.pid) for node in nodes if _session_pids(node.process.pid)}
+    assert not left, f"processes of the test cluster survived SIGKILL: {left}"
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -137,10 +151,41 @@ WAIT_FOR_NODES = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head and a worker node started with `ray start`; yields (GCS address, node IDs, env for drivers)."""
+def s3_endpoint():
+    """A local S3-compatible server (moto) on a free loopback port with bucket ``BUCKET``; None without moto."""
+    if importlib.util.find_spec("moto") is None:
+        yield None
+        return
+    port = free_port()
+    endpoint = f"http://{NODE_IP}:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", NODE_IP, "-p", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_port(port, process, "moto server", timeout=60)
+            _s3(endpoint).create_dir(BUCKET)  # creates the bucket
+            yield endpoint
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _s3(endpoint: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(endpoint_override=endpoint, access_key="testing", secret_key="testing",
+                                   region="us-east-1", allow_bucket_creation=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
+    """A head and a worker node started with `ray start`; yields (GCS address, node IDs, head ID, driver env)."""
     token = secrets.token_hex(16)
-    env = _cluster_env(token)
+    env = _cluster_env(token, s3_endpoint)
     # A short root: Ray's Unix socket paths live under the temp dir and must stay below ~107 characters.
     root = Path(tempfile.mkdtemp(prefix="hps-mn-", dir="/tmp" if os.path.isdir("/tmp") else None))
     port = free_port()
@@ -150,7 +195,7 @@ def cluster():
         nodes.append(RayNode("head", [
             "--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port", str(free_port()),
         ], root / "head", env))
-        _wait_for_gcs(port, nodes[0], timeout=90)
+        _wait_for_port(port, nodes[0].process, "Ray head", timeout=90, log=nodes[0].tail)
         nodes.append(RayNode("worker", ["--address", address], root / "worker", env))
         waited = subprocess.run(
             [sys.executable, "-c", WAIT_FOR_NODES, address, "2", "90"], capture_output=True, text=True, env=env,
@@ -166,21 +211,39 @@ def cluster():
         )
         yield address, node_ids, found["head"], env
     finally:
-        for node in reversed(nodes):
-            node.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            _stop_nodes(nodes)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_for_gcs(port: int, head: RayNode, timeout: float) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float, log=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        head.check_running()
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log()}")
         try:
             with socket.create_connection((NODE_IP, port), timeout=1):
                 return
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError(f"Ray head did not listen on {port} within {timeout}s:\n{head.tail()}")
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s:\n{log()}")
+
+
+def _search_config(tmp_path: Path, name: str, tracking_uri: str) -> Path:
+    raw = shrink(load_yaml("digits.yaml"), name, tracking_uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}  # one trial fills a node: 2 at a time → 2 nodes
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _hps_run(config: Path, address: str, tracking_uri: str, storage: str, env: dict, cwd: Path, *extra: str):
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", str(config), "--address", address,
+         "--tracking-uri", tracking_uri, "--storage", storage, *extra],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=240,
+    )
 
 
 def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_server(
@@ -188,17 +251,10 @@ def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_ser
 ):
     address, node_ids, head_id, env = cluster
     name = "multinode-digits"
-    raw = shrink(load_yaml("digits.yaml"), name, mlflow_server, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
-    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}  # one trial fills a node: 2 at a time → 2 nodes
-    config = tmp_path / "search.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = _search_config(tmp_path, name, mlflow_server)
     storage = tmp_path / "shared-runs"  # "shared": both nodes are on this machine
 
-    run = subprocess.run(
-        [sys.executable, "-m", "search.cli", "run", str(config), "--address", address,
-         "--tracking-uri", mlflow_server, "--storage", str(storage)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
-    )
+    run = _hps_run(config, address, mlflow_server, str(storage), env, tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert f"{NUM_SAMPLES} trials" in run.stdout
 
@@ -223,3 +279,41 @@ def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_ser
     # Checkpoints of trials from both nodes are in the one shared storage location.
     assert len(list((storage / name).glob("tune_trainable_*/checkpoint_*/model/weights.pt"))) >= NUM_SAMPLES
 
+
+
+def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, mlflow_server, tmp_path, monkeypatch):
+    if s3_endpoint is None:
+        pytest.skip("moto is not installed (pip install -e '.[dev]'): no local S3 server")
+    address, node_ids, _head_id, env = cluster
+    name = "multinode-s3"
+    config = _search_config(tmp_path, name, mlflow_server)
+    storage = f"s3://{BUCKET}/searches"
+
+    run = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+
+    import pyarrow.fs
+
+    s3 = _s3(s3_endpoint)
+    keys = [i.path for i in s3.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/searches/{name}", recursive=True))]
+    assert any(k.rsplit("/", 1)[-1].startswith("experiment_state") for k in keys)  # the driver's state
+    trial_dirs = {k.split("/")[3] for k in keys if k.endswith("/model/weights.pt")}
+    assert len(trial_dirs) == NUM_SAMPLES  # every trial, from either node, checkpointed into the bucket
+
+    client = MlflowClient(mlflow_server)
+    children = trial_runs(client, find_search_run(client, name))
+    assert {c.data.tags["node_id"] for c in children} == node_ids
+    for child in children:  # models went from the bucket through the driver to the tracking server
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {
+            "model/weights.pt", "model/model.json"
+        }
+
+    # The same name in the same bucket is refused before anything runs, as for a folder; --overwrite starts over.
+    again = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    from search.tuner import _claim_storage
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, env[key])
+    _claim_storage(storage, name, overwrite=True)
+    assert s3.get_file_info(f"{BUCKET}/searches/{name}").type == pyarrow.fs.FileType.NotFound

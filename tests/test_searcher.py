@@ -38,8 +38,12 @@ def test_states_and_values_told_to_optuna():
     feed(s, "stopped", [1.2, 1.1], finished=False)
     feed(s, "errored", [0.8], finished=False, error=True)
     feed(s, "nan", [0.7, float("nan")], finished=True)
+    s.suggest("diverged")
+    s.on_trial_result("diverged", {"epoch": 1, "val_loss": 2.0})
+    s.on_trial_complete("diverged", {"epoch": 2, "val_loss": float("inf"), "best_val_loss": 2.0, "diverged": "nan"})
     trials = {t.number: t for t in s._ot_study.get_trials(deepcopy=False)}
-    complete, stopped, errored, nan = (trials[i] for i in range(4))
+    complete, stopped, errored, nan, diverged = (trials[i] for i in range(5))
+    assert diverged.state == TrialState.FAIL
     assert complete.state == TrialState.COMPLETE and complete.value == 0.5  # best epoch, not the last
     assert complete.intermediate_values == {1: 0.9, 2: 0.5, 3: 0.6}
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 1.2, 2: 1.1}

@@ -10,7 +10,7 @@ import torch
 
 from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint
 from trainables.data import split_dataset
-from trainables.train import TrainingDiverged, TrainSettings, train_trial
+from trainables.train import TrainSettings, train_trial
 
 PARAMS = {"n_layers": 2, "units": 32, "lr": 3e-3, "optimizer": "adam", "batch_size": 32, "norm": "batch", "dropout": 0.1}
 
@@ -96,10 +96,13 @@ def test_best_epoch_model_is_saved_and_rebuilt(datasets, tmp_path):
     assert out.shape == (len(data.x_val), 3)
 
 
-def test_diverging_loss_raises(datasets):
+def test_diverging_loss_ends_the_trial_with_a_reason(datasets):
     params = {**PARAMS, "lr": 1e6, "optimizer": "sgd", "momentum": 0.9, "norm": "none"}
-    with pytest.raises(TrainingDiverged, match="epoch"):
-        run(datasets["diabetes"].trial_data(), params=params, epochs=20)
+    reports = run(datasets["diabetes"].trial_data(), params=params, epochs=20)
+    last, snapshot = reports[-1]
+    assert "training loss became" in last["diverged"] and f"epoch {last['epoch']}" in last["diverged"]
+    assert last["val_loss"] == math.inf and not last["finished"] and snapshot is None
+    assert len(reports) < 20
 
 
 def test_maximized_metric_tracks_the_highest_value(datasets):

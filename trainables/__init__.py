@@ -3,7 +3,7 @@ except :mod:`trainables.ray_adapter`, which is imported only by the search servi
 
 from trainables.data import DataError, SplitDataset, TrialData, split_dataset
 from trainables.model import Architecture, build_mlp
-from trainables.train import Snapshot, TrainSettings, TrainingDiverged, train_trial
+from trainables.train import Snapshot, TrainSettings, train_trial
 
 __all__ = [
     "Architecture",
@@ -11,7 +11,6 @@ __all__ = [
     "Snapshot",
     "SplitDataset",
     "TrainSettings",
-    "TrainingDiverged",
     "TrialData",
     "build_mlp",
     "split_dataset",

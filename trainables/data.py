@@ -127,8 +127,13 @@ def _read_frame(kind: str, path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except Exception as exc:  # parser errors come in many types; the user needs the file and the reason
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {kind} file {str(path)!r}: {reason}") from None
+        raise DataError(f"cannot read {kind} file {str(path)!r}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message (DataErrors are one line)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _split_target(frame: pd.DataFrame, target: str | None) -> Table:
@@ -142,7 +147,7 @@ def _load_npz(path: Path) -> Table:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except Exception as exc:  # a bad archive, or object arrays (pickle is refused)
-        raise DataError(f"cannot read npz file {str(path)!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        raise DataError(f"cannot read npz file {str(path)!r}: {_reason(exc)}") from None
     if "X" not in arrays or "y" not in arrays:
         raise DataError(f"npz file {str(path)!r} needs arrays 'X' and 'y'; it has: {', '.join(arrays) or 'none'}")
     x, y = arrays["X"], arrays["y"]
@@ -588,7 +593,7 @@ def _split_rows(target: pd.Series, task: str, val: float, test: float, seed: int
         if stratify is not None:
             left = target.iloc[rest].value_counts()
             _raise_absent(target, set(target.unique()) - set(left[left >= 2].index))
-        raise DataError(f"cannot split {len(rows)} rows into train/val/test ({1 - val - test:g}/{val:g}/{test:g}): {exc}") from None
+        raise DataError(f"cannot split {len(rows)} rows into train/val/test ({1 - val - test:g}/{val:g}/{test:g}): {_reason(exc)}") from None
     if stratify is not None:
         _raise_absent(target, set(target.unique()) - set(target.iloc[train_idx].unique()))
     return train_idx, val_idx, test_idx

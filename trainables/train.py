@@ -32,10 +32,6 @@ DEVICE_DATA_FRACTION = 0.2
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the trial cannot recover."""
-
-
 @dataclass
 class Snapshot:
     """A resumable training state plus the JSON description of the model it holds."""
@@ -96,7 +92,7 @@ def train_trial(
     """Train one configuration for up to ``settings.max_epochs`` epochs, reporting once per epoch.
 
     ``resume`` is a state previously handed out in a :class:`Snapshot`; training continues at the epoch after it.
-    Raises :class:`TrainingDiverged` when the training loss stops being finite.
+    If the training loss stops being finite the trial ends with a last report carrying ``diverged`` (the reason).
     """
     device = torch.device(settings.device)
     seed = trial_seed(params, settings.seed)
@@ -128,7 +124,10 @@ def train_trial(
         generator = torch.Generator().manual_seed(seed + epoch)
         train_loss = _train_epoch(net, optimizer, loss_fn, task, x_train, y_train, batch_size, generator, use_amp, device)
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss is {train_loss} at epoch {epoch}")
+            # A diverged trial cannot recover; retrying it would diverge again. It ends here, reported as such
+            # (worst possible value, so schedulers rank it last), instead of raising and being retried.
+            report(_diverged_result(epoch, train_loss, settings.metric, sign, best), None)
+            return
         metrics = {"epoch": epoch, "train_loss": train_loss, **_evaluate(net, loss_fn, task, x_val, y_val, prep, use_amp, device)}
         value = metrics.get(settings.metric, metrics["val_loss"])
         improved = math.isfinite(value) and sign * value < best["best_value"]
@@ -190,6 +189,19 @@ def _maybe_compile(model: nn.Module, example: torch.Tensor) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: train uncompiled
         log.warning("torch.compile failed (%s: %s); training without it", type(exc).__name__, str(exc)[:200])
         return model
+
+
+def _diverged_result(epoch: int, train_loss: float, metric: str, sign: float, best: dict) -> dict:
+    worst = sign * math.inf
+    return {
+        "epoch": epoch,
+        "diverged": f"training loss became {train_loss} at epoch {epoch}",
+        metric: worst,
+        "val_loss": math.inf,
+        f"best_{metric}": sign * best["best_value"] if best["best_model"] is not None else worst,
+        "best_epoch": best["best_epoch"],
+        "finished": False,
+    }
 
 
 def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, use_amp, device) -> float:
