@@ -565,7 +565,7 @@ def split_dataset(
         table.features.iloc[train_idx], table.target.iloc[train_idx], resolved, table.class_names,
         impute=impute, standardize=table.standardize,
     )
-    fingerprint = split_fingerprint(source, seed, train_idx, val_idx, test_idx, target=target)
+    fingerprint = split_fingerprint(content_digest(table), seed, train_idx, val_idx, test_idx, target=target)
     return SplitDataset(
         table, resolved, np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), prep, fingerprint, n_dropped
     )
@@ -606,9 +606,19 @@ def _raise_absent(target: pd.Series, classes: set) -> None:
         raise DataError(f"the split leaves class(es) {shown} out of the training split; remove or merge rare classes")
 
 
-def split_fingerprint(source: str, seed: int, *splits: np.ndarray, target: str | None = None) -> str:
-    """A short hash identifying exactly which rows went to which split."""
-    payload: dict[str, Any] = {"source": source, "seed": seed, "splits": [sorted(map(int, s)) for s in splits]}
+def content_digest(table: Table) -> str:
+    """A hash of the data itself (values and column names), so the fingerprint does not depend on where the file
+    lives: the same table moved to another folder or machine is still the same data."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(c) for c in table.features.columns]).encode())
+    digest.update(pd.util.hash_pandas_object(table.features, index=False).to_numpy().tobytes())
+    digest.update(pd.util.hash_pandas_object(table.target, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def split_fingerprint(content: str, seed: int, *splits: np.ndarray, target: str | None = None) -> str:
+    """A short hash identifying the data and exactly which rows went to which split."""
+    payload: dict[str, Any] = {"content": content, "seed": seed, "splits": [sorted(map(int, s)) for s in splits]}
     if target is not None:
         payload["target"] = target
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
