@@ -49,6 +49,7 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
         row = {
             "trial": tags.get("hps.trial_id", run.info.run_name),
             "outcome": tags.get("hps.outcome", "unknown"),
+            "note": tags.get("hps.outcome_note", ""),
             "status": run.info.status,
             "epochs": int(float(tags.get("hps.last_epoch", 0))),
             "best_epoch": int(metrics.get("best_epoch", 0)),
@@ -62,7 +63,10 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame = frame.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last", kind="stable")
+    # Failed trials rank last whatever they reached before failing (a diverged trial can have a good early epoch).
+    frame["_failed"] = frame["outcome"] == "failed"
+    frame = frame.sort_values(["_failed", f"best_{metric}"], ascending=[True, mode == "min"], na_position="last",
+                              kind="stable").drop(columns="_failed")
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame.reset_index(drop=True)
 

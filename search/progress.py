@@ -26,7 +26,7 @@ class ProgressPrinter(tune.Callback):
     def _print(self, trials, trial, outcome: str) -> None:
         result = trial.last_result or {}
         value = result.get(f"best_{self.metric}")
-        if outcome != "failed" and value is not None and math.isfinite(value):
+        if outcome not in ("failed", "diverged") and value is not None and math.isfinite(value):
             self.best = min(self.best, self.sign * value)
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
         done = sum(self.counts.values())
@@ -40,6 +40,10 @@ class ProgressPrinter(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if (trial.last_result or {}).get("diverged"):
+            self.counts["failed"] += 1
+            self._print(trials, trial, "diverged")
+            return
         finished = (trial.last_result or {}).get("finished", False)
         self.counts["completed" if finished else "stopped"] += 1
         self._print(trials, trial, "completed" if finished else "stopped early")

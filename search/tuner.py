@@ -184,7 +184,7 @@ def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
     summary = _summarize(board, cfg, len(results), n_errors)
     if board.empty or board.iloc[0]["outcome"] == "failed":
         finish_search_run(client, parent, "FAILED", summary)
-        reasons = board["outcome_note"].dropna().unique()[:3] if "outcome_note" in board else []
+        reasons = board["note"].dropna().unique()[:3] if "note" in board else []
         raise SearchFailed(f"all {len(board)} trials failed ({'; '.join(reasons) or 'no result'}); "
                            "see hps.outcome_note on the trial runs in MLflow")
     best = board.iloc[0]
@@ -299,6 +299,9 @@ def _init_ray(address: str | None) -> None:
     # The legacy reporter honours verbose=0 fully; the new one still prints a config box and TensorBoard hints.
     # Progress comes from search.progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's default CSV/JSON/TensorBoard loggers write every result of every trial from the driver; MLflow is
+    # this service's record, so they are pure overhead here.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     if ray.is_initialized():

@@ -123,12 +123,14 @@ def train_trial(
         # Seeding the shuffle by epoch makes a resumed trial see the same batches it would have seen.
         generator = torch.Generator().manual_seed(seed + epoch)
         train_loss = _train_epoch(net, optimizer, loss_fn, task, x_train, y_train, batch_size, generator, use_amp, device)
-        if not math.isfinite(train_loss):
+        evaluation = _evaluate(net, loss_fn, task, x_val, y_val, prep, use_amp, device) if math.isfinite(train_loss) else None
+        if evaluation is None:
             # A diverged trial cannot recover; retrying it would diverge again. It ends here, reported as such
             # (worst possible value, so schedulers rank it last), instead of raising and being retried.
-            report(_diverged_result(epoch, train_loss, settings.metric, sign, best), None)
+            reason = f"training loss became {train_loss}" if not math.isfinite(train_loss) else "outputs became infinite"
+            report(_diverged_result(epoch, reason, settings.metric, sign, best), None)
             return
-        metrics = {"epoch": epoch, "train_loss": train_loss, **_evaluate(net, loss_fn, task, x_val, y_val, prep, use_amp, device)}
+        metrics = {"epoch": epoch, "train_loss": train_loss, **evaluation}
         value = metrics.get(settings.metric, metrics["val_loss"])
         improved = math.isfinite(value) and sign * value < best["best_value"]
         if improved:
@@ -191,11 +193,11 @@ def _maybe_compile(model: nn.Module, example: torch.Tensor) -> nn.Module:
         return model
 
 
-def _diverged_result(epoch: int, train_loss: float, metric: str, sign: float, best: dict) -> dict:
+def _diverged_result(epoch: int, reason: str, metric: str, sign: float, best: dict) -> dict:
     worst = sign * math.inf
     return {
         "epoch": epoch,
-        "diverged": f"training loss became {train_loss} at epoch {epoch}",
+        "diverged": f"{reason} at epoch {epoch}",
         metric: worst,
         "val_loss": math.inf,
         f"best_{metric}": sign * best["best_value"] if best["best_model"] is not None else worst,
@@ -228,13 +230,15 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     return float(torch.stack(losses).float() @ torch.tensor(sizes, dtype=torch.float32, device=device)) / n
 
 
-def _evaluate(model, loss_fn, task, x, y, prep, use_amp, device) -> dict[str, float]:
+def _evaluate(model, loss_fn, task, x, y, prep, use_amp, device) -> dict[str, float] | None:
     """Validation loss and task metrics, computed in large batches without gradients."""
     model.eval()
     y = _to(y, device)
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         outputs = torch.cat([model(_to(x[i : i + EVAL_BATCH], device)) for i in range(0, x.shape[0], EVAL_BATCH)]).float()
         val_loss = float(loss_fn(outputs, loss_target(task, y)))
+    if not bool(torch.isfinite(outputs).all()):
+        return None  # weights blew up: no metric is meaningful
     return {"val_loss": val_loss, **validation_metrics(task, outputs, y, prep.get("target_scale", 1.0))}
 
 
