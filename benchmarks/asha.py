@@ -11,11 +11,10 @@ import statistics
 from pathlib import Path
 
 from search.config import load_config
+from search.tuner import run_search
 
 
 def _search(config: str, overrides: list[str], name: str, workdir: Path) -> dict:
-    from search.tuner import run_search
-
     cfg = load_config(config, [*overrides, f"name={name}", f"tracking.uri=sqlite:///{workdir}/asha.db"])
     with open(workdir / f"{name}.log", "w") as log, contextlib.redirect_stdout(log):
         outcome = run_search(cfg, storage=str(workdir / "storage"), overwrite=True)

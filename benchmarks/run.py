@@ -46,12 +46,11 @@ TARGETS = {
 
 
 def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir: Path) -> dict:
-    from benchmarks import machine
+    from benchmarks import asha, machine, overhead, throughput  # everything imported up front: one code version
 
     results: dict = {"machine": machine.describe(), "budget": asdict(budget), "config": config}
     started = time.perf_counter()
     if "throughput" in parts:
-        from benchmarks import throughput
         from search.config import load_config
         from search.dataset import split_from_config
 
@@ -59,16 +58,16 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         results["throughput"] = throughput.measure(data, budget.throughput_epochs, budget.throughput_reps)
         if machine.gpu_name() != "none":
             results["throughput_gpu"] = throughput.measure(data, budget.throughput_epochs, budget.throughput_reps, "cuda")
+        _save(results, out)  # a later part that fails keeps what is done
     # Both searches: 2 trials at a time, one CPU each (the 2-CPU setting), no early stopping.
     common = ["search.max_concurrent=2", "resources.cpus_per_trial=1"]
     if "overhead" in parts:
-        from benchmarks import overhead
 
         overrides = [*common, "scheduler.type=fifo", f"search.num_samples={budget.overhead_trials}",
                      f"scheduler.max_epochs={budget.overhead_epochs}"]
         results["overhead"] = overhead.measure(config, overrides, budget.reps, workdir)
+        _save(results, out)
     if "asha" in parts:
-        from benchmarks import asha
 
         overrides = [*common, "search.metric=val_accuracy", f"search.num_samples={budget.asha_trials}",
                      f"scheduler.max_epochs={budget.asha_epochs}", "tracking.log_models=none"]
@@ -78,9 +77,13 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
     results["machine"]["load_after"] = machine.load()
     results["total_s"] = time.perf_counter() - started
     results["targets"] = _check_targets(results)
+    _save(results, out)
+    return results
+
+
+def _save(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    return results
 
 
 def _check_targets(results: dict) -> dict:

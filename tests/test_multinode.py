@@ -9,8 +9,8 @@ With `moto` installed (dev extras) a local S3-compatible server (`moto.server`, 
 a second search uses `--storage s3://BUCKET/PREFIX` on the same cluster: both nodes write checkpoints to the bucket
 through Ray's pyarrow S3 filesystem (`AWS_ENDPOINT_URL`, as for MinIO).
 
-The nodes are stopped by killing exactly the process groups this module started (never `ray stop`, which would
-also stop the test session's own Ray).
+The nodes are stopped by killing exactly the processes of the two sessions this module started (never `ray stop`,
+which would also stop the test session's own Ray and any other Ray on the machine).
 """
 
 from __future__ import annotations
@@ -195,11 +195,11 @@ def cluster(s3_endpoint):
         nodes.append(RayNode("head", [
             "--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port", str(free_port()),
         ], root / "head", env))
-        _wait_for_port(port, nodes[0].process, "Ray head", timeout=90, log=nodes[0].tail)
+        _wait_for_port(port, nodes[0].process, "Ray head", timeout=120, log=nodes[0].tail)
         nodes.append(RayNode("worker", ["--address", address], root / "worker", env))
         waited = subprocess.run(
-            [sys.executable, "-c", WAIT_FOR_NODES, address, "2", "90"], capture_output=True, text=True, env=env,
-            timeout=150,
+            [sys.executable, "-c", WAIT_FOR_NODES, address, "2", "120"], capture_output=True, text=True, env=env,
+            timeout=200,
         )
         for node in nodes:
             node.check_running()
@@ -276,8 +276,10 @@ def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_ser
     _model, description = load_model(local)
     assert description["epoch"] == int(worker_trial.data.metrics["best_epoch"])
 
-    # Checkpoints of trials from both nodes are in the one shared storage location.
-    assert len(list((storage / name).glob("tune_trainable_*/checkpoint_*/model/weights.pt"))) >= NUM_SAMPLES
+    # The trials of both nodes kept their state in the one shared storage location (their checkpoint folders may
+    # already be pruned once the model is in MLflow; the trial folders stay).
+    stored = {path.name.split("_")[2] for path in (storage / name).glob("tune_trainable_*") if path.is_dir()}
+    assert stored == {c.data.tags["hps.trial_id"] for c in children}
 
 
 
@@ -297,12 +299,13 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
     s3 = _s3(s3_endpoint)
     keys = [i.path for i in s3.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/searches/{name}", recursive=True))]
     assert any(k.rsplit("/", 1)[-1].startswith("experiment_state") for k in keys)  # the driver's state
-    trial_dirs = {k.split("/")[3] for k in keys if k.endswith("/model/weights.pt")}
-    assert len(trial_dirs) == NUM_SAMPLES  # every trial, from either node, checkpointed into the bucket
+    # Every trial, from either node, checkpointed into the bucket (search.tracking prunes local checkpoints only).
+    checkpointed = {k.split("/")[3].split("_")[2] for k in keys if k.endswith("/model/weights.pt")}
 
     client = MlflowClient(mlflow_server)
     children = trial_runs(client, find_search_run(client, name))
     assert {c.data.tags["node_id"] for c in children} == node_ids
+    assert checkpointed == {c.data.tags["hps.trial_id"] for c in children}
     for child in children:  # models went from the bucket through the driver to the tracking server
         assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {
             "model/weights.pt", "model/model.json"

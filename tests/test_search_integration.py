@@ -127,3 +127,11 @@ def test_unreachable_tracking_server_fails_fast(ray_session, tmp_path):
         run_search(parse_config(raw), storage=str(tmp_path))
     assert time.monotonic() - start < 10
     assert not (tmp_path / "unreachable").exists()
+
+
+def test_checkpoints_of_ended_trials_are_pruned(search):
+    """log_models: all — once a trial's model is in MLflow its checkpoints are deleted (bounded disk use)."""
+    *_, storage = search
+    trial_dirs = [d for d in (storage / "it-digits").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert len(trial_dirs) == NUM_SAMPLES
+    assert not list((storage / "it-digits").glob("*/checkpoint_*"))
