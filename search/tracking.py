@@ -260,7 +260,7 @@ class TrialRunLogger(tune.Callback):
         if outcome != "interrupted" and (log_model or outcome == "failed"):
             # The model is in MLflow (or staged for upload) and an ended trial is never resumed: its checkpoints
             # would only fill the disk (500 trials x 2 checkpoints each).
-            prune_checkpoints(trial.local_path)
+            prune_checkpoints(trial.path)
 
     def _submit_model(self, key: str, checkpoint: tune.Checkpoint | None) -> None:
         if checkpoint is None:
