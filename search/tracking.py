@@ -136,6 +136,7 @@ class TrialRunLogger(tune.Callback):
         self.last_epoch: dict[str, int] = {}  # trial → last epoch logged (a retried trial replays some epochs)
         self.unfinished: list[str] = []  # trials still open when the experiment ended (interrupted search)
         self.known: set[str] = set()  # trials whose run exists or whose creation is queued
+        self.to_prune: dict[str, float] = {}  # trial folder → when the trial ended
         self.restored = False
         self._writer: TrackingWriter | None = None
 
@@ -259,8 +260,18 @@ class TrialRunLogger(tune.Callback):
         self.ended.add(key)
         if outcome != "interrupted" and (log_model or outcome == "failed"):
             # The model is in MLflow (or staged for upload) and an ended trial is never resumed: its checkpoints
-            # would only fill the disk (500 trials x 2 checkpoints each).
-            prune_checkpoints(trial.path)
+            # would only fill the disk (500 trials x 2 checkpoints each). Deleted once the experiment state
+            # that records the trial as ended is on disk: a resume from an older state would still need them.
+            self.to_prune[trial.path] = time.time()
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if not self.to_prune:
+            return
+        saved = _experiment_state_time(next(iter(self.to_prune)))
+        for path, ended_at in list(self.to_prune.items()):
+            if saved > ended_at:
+                prune_checkpoints(path)
+                del self.to_prune[path]
 
     def _submit_model(self, key: str, checkpoint: tune.Checkpoint | None) -> None:
         if checkpoint is None:
@@ -273,6 +284,14 @@ class TrialRunLogger(tune.Callback):
                     self.writer.submit("log_batch", key, tags={"hps.model": "model"})
         except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
+
+
+def _experiment_state_time(trial_dir: str) -> float:
+    """When Tune last wrote the experiment state of the experiment holding ``trial_dir`` (0 if unknown)."""
+    if "://" in trial_dir:
+        return 0.0
+    states = list(Path(trial_dir).parent.glob("experiment_state-*.json"))
+    return max((f.stat().st_mtime for f in states), default=0.0)
 
 
 def prune_checkpoints(trial_dir: str | None) -> int:

@@ -191,9 +191,8 @@ def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
     if cfg.tracking.log_models == "best":
         log_model_artifacts(client, best["run_id"], _checkpoint_of(results, best["trial"]))
     client.set_tag(best["run_id"], "hps.best", "true")
-    if cfg.tracking.log_models != "all":  # with "all" each trial's checkpoints went as soon as its model was uploaded
-        for result in results:
-            prune_checkpoints(result.path)
+    for result in results:  # the search is over: nothing will resume from these (the best model is in MLflow)
+        prune_checkpoints(result.path)
     _write_report(client, parent, cfg)
     finish_search_run(client, parent, "FINISHED", summary)
     return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors)

@@ -131,7 +131,8 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-# Joins the cluster as a driver and waits until the expected number of nodes is alive; prints their IDs.
+# Joins the cluster as a driver and waits until the expected number of 1-CPU nodes is alive and all their CPUs are
+# free (the actors of a previous search's driver are released a moment after it exits); prints the node IDs.
 WAIT_FOR_NODES = textwrap.dedent(
     """
     import json, sys, time
@@ -141,7 +142,8 @@ WAIT_FOR_NODES = textwrap.dedent(
     deadline = time.monotonic() + timeout
     while True:
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU") == 1.0]
-        if len(nodes) >= expected or time.monotonic() > deadline:
+        idle = ray.available_resources().get("CPU", 0) >= expected
+        if (len(nodes) >= expected and idle) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     head = [n["NodeID"] for n in nodes if "node:__internal_head__" in n["Resources"]]
@@ -197,14 +199,9 @@ def cluster(s3_endpoint):
         ], root / "head", env))
         _wait_for_port(port, nodes[0].process, "Ray head", timeout=120, log=nodes[0].tail)
         nodes.append(RayNode("worker", ["--address", address], root / "worker", env))
-        waited = subprocess.run(
-            [sys.executable, "-c", WAIT_FOR_NODES, address, "2", "120"], capture_output=True, text=True, env=env,
-            timeout=200,
-        )
+        found = _wait_for_idle_nodes(address, env, timeout=120)
         for node in nodes:
             node.check_running()
-        assert waited.returncode == 0, waited.stderr[-3000:]
-        found = json.loads(waited.stdout.strip().splitlines()[-1])
         node_ids = set(found["nodes"])
         assert len(node_ids) == 2 and found["head"] in node_ids, (
             f"expected 2 alive nodes, got {found}\n" + "\n".join(n.tail() for n in nodes)
@@ -215,6 +212,13 @@ def cluster(s3_endpoint):
             _stop_nodes(nodes)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for_idle_nodes(address: str, env: dict[str, str], timeout: float) -> dict:
+    waited = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address, "2", str(timeout)],
+                            capture_output=True, text=True, env=env, timeout=timeout + 80)
+    assert waited.returncode == 0, waited.stderr[-3000:]
+    return json.loads(waited.stdout.strip().splitlines()[-1])
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float, log=lambda: "") -> None:
@@ -291,6 +295,7 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
     config = _search_config(tmp_path, name, mlflow_server)
     storage = f"s3://{BUCKET}/searches"
 
+    _wait_for_idle_nodes(address, env, timeout=60)  # the previous test's trials must not hold a node's CPU
     run = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
 
