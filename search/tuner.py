@@ -301,6 +301,9 @@ def _init_ray(address: str | None) -> None:
     # Tune's default CSV/JSON/TensorBoard loggers write every result of every trial from the driver; MLflow is
     # this service's record, so they are pure overhead here.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # ... so Tune's result analysis finds no result.json per trial and says so for every trial; results come from
+    # memory (and MLflow) instead, nothing is missing.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     if ray.is_initialized():
