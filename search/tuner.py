@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -322,11 +323,21 @@ def _trainable(cfg: HpsConfig, data):
         amp=cfg.training.amp,
         compile=cfg.training.compile,
         num_threads=max(1, int(cfg.resources.cpus_per_trial)),
+        decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
     )
     return tune.with_resources(
         tune.with_parameters(tune_trainable, data=data, settings=settings),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
+
+
+def asha_rungs(cfg: HpsConfig) -> frozenset[int]:
+    """The epochs at which ASHA decides to stop or continue a trial: grace_period x reduction_factor^k < max_epochs."""
+    rungs, milestone = set(), float(cfg.scheduler.grace_period)
+    while milestone < cfg.scheduler.max_epochs:
+        rungs.add(math.ceil(milestone))
+        milestone *= cfg.scheduler.reduction_factor
+    return frozenset(rungs)
 
 
 class SchedulerState(tune.Callback):

@@ -51,7 +51,10 @@ class TrainSettings:
     metric: str = "val_loss"
     seed: int = 0
     device: str = "cpu"
-    checkpoint_every: int = 1  # epochs between checkpoints; improvements and the last epoch are always saved
+    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch and decision epochs are always saved
+    # Epochs at which a scheduler may stop the trial (ASHA's rungs): checkpointed too, so a stopped trial's best
+    # weights (kept in memory between checkpoints) are never lost.
+    decision_epochs: frozenset[int] = frozenset()
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_threads: int = 1  # intra-op threads; follows the CPUs a trial was given
     compile: bool = False  # torch.compile the model; its compile time (~20 s on CPU) dwarfs short trials
@@ -138,7 +141,7 @@ def train_trial(
         metrics[f"best_{settings.metric}"] = sign * best["best_value"]
         metrics["best_epoch"] = best["best_epoch"]
         metrics["finished"] = epoch == settings.max_epochs
-        due = improved or epoch % settings.checkpoint_every == 0 or metrics["finished"]
+        due = epoch % settings.checkpoint_every == 0 or epoch in settings.decision_epochs or metrics["finished"]
         snapshot = None
         if due and best["best_model"] is not None:
             state = {"epoch": epoch, "model": _cpu_copy(model.state_dict()), "optimizer": optimizer.state_dict(), **best}
