@@ -18,6 +18,10 @@ class SearchNotFound(LookupError):
     """No search of that name is recorded on the tracking server."""
 
 
+class StorageError(OSError):
+    """The storage folder or bucket for experiment state and checkpoints cannot be used."""
+
+
 class AlreadyEvaluated(RuntimeError):
     """The search's test set was already used; a second use needs --force."""
 
@@ -26,4 +30,6 @@ class ModelNotFound(LookupError):
     """No usable model behind a model reference or a search."""
 
 
-USER_ERRORS = (ConfigError, DataError, TrackingError, SearchExists, SearchNotFound, AlreadyEvaluated, ModelNotFound)
+USER_ERRORS = (
+    ConfigError, DataError, TrackingError, StorageError, SearchExists, SearchNotFound, AlreadyEvaluated, ModelNotFound,
+)

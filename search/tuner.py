@@ -39,7 +39,7 @@ from search.tracking import (
     start_search_run,
 )
 from search.writer import TrackingWriter, quick_failing_http
-from search.errors import SearchExists, SearchNotFound, TrackingError
+from search.errors import SearchExists, SearchNotFound, StorageError, TrackingError
 from trainables.data import DataError
 from trainables.ray_adapter import tune_trainable
 from trainables.train import TrainSettings
@@ -281,9 +281,13 @@ def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:
     (``AWS_ENDPOINT_URL`` for MinIO, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), as they do for Ray."""
     import pyarrow.fs
 
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
-    path = f"{root.rstrip('/')}/{name}"
-    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+    try:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
+        path = f"{root.rstrip('/')}/{name}"
+        missing = filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound
+    except (OSError, ValueError) as exc:  # unreachable endpoint, bad credentials, unknown scheme
+        raise StorageError(f"storage {uri} cannot be used: {str(exc).splitlines()[0]}") from None
+    if missing:
         return
     if not overwrite:
         raise SearchExists(f"a search named {name!r} already exists in {uri.rstrip('/')}/{name}; "
