@@ -7,6 +7,7 @@ of creating duplicates (Ray's MLflowLoggerCallback has neither nesting nor that)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -111,8 +112,8 @@ def log_model_artifacts(client: MlflowClient, run_id: str, checkpoint: tune.Chec
     return True
 
 
-# Every writer of this process, by parent run id: run_search drains the one its callback created.
-WRITERS: dict[str, TrackingWriter] = {}
+# The trial logger of every search of this process, by parent run id: the tuner drains and reconciles it at the end.
+LOGGERS: dict[str, "TrialRunLogger"] = {}
 
 
 class TrialRunLogger(tune.Callback):
@@ -136,7 +137,7 @@ class TrialRunLogger(tune.Callback):
         self.last_epoch: dict[str, int] = {}  # trial → last epoch logged (a retried trial replays some epochs)
         self.unfinished: list[str] = []  # trials still open when the experiment ended (interrupted search)
         self.known: set[str] = set()  # trials whose run exists or whose creation is queued
-        self.to_prune: dict[str, float] = {}  # trial folder → when the trial ended
+        self.to_prune: dict[str, str] = {}  # folder → id of an ended trial whose checkpoints can go
         self.restored = False
         self._writer: TrackingWriter | None = None
 
@@ -151,7 +152,7 @@ class TrialRunLogger(tune.Callback):
             self._writer = TrackingWriter(self.tracking_uri, self.staging_dir)
             self._writer.runs.update(self.runs)
             self.runs = self._writer.runs  # one map, updated by the writer as runs are created
-            WRITERS[self.parent_run_id] = self._writer
+            LOGGERS[self.parent_run_id] = self
         return self._writer
 
     def setup(self, **info) -> None:
@@ -164,12 +165,15 @@ class TrialRunLogger(tune.Callback):
     def set_state(self, state: dict) -> None:
         self.writer.runs.update(state["runs"])
         self.known = set(state["runs"]) - {"parent"}
-        self.ended, self.at_best, self.last_epoch = state["ended"], state["at_best"], state["last_epoch"]
+        self.ended, self.at_best = state["ended"], state["at_best"]
+        # Not restored: the saved epochs were *queued*, and a crash may have lost queued writes. What MLflow really
+        # holds is read back when a trial restarts (_attach_existing).
+        self.last_epoch = {}
         self.restored = True
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         key = trial.trial_id
-        if key in self.runs or key in self.known or (self.restored and self._attach_existing(key)):
+        if (self.restored and self._attach_existing(key)) or key in self.runs or key in self.known:
             # A retried or resumed trial continues its own run.
             self.known.add(key)
             self.ended.discard(key)
@@ -183,18 +187,21 @@ class TrialRunLogger(tune.Callback):
         self.writer.submit("log_params", key, params=dict(trial.config))
 
     def _attach_existing(self, key: str) -> bool:
-        """After a driver crash the saved trial→run map may predate a run: look the run up before creating one."""
+        """After a restore, find the trial's run in MLflow (the saved map may predate it, or name a run whose
+        creation was lost) and read which epochs it really holds, so exactly the missing ones are logged."""
         try:
             found = self.writer.client.search_runs(
                 [self.exp_id], f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`hps.trial_id` = '{key}'")
             if not found:
+                self.runs.pop(key, None)
+                self.known.discard(key)
                 return False
             run_id = found[0].info.run_id
             history = self.writer.client.get_metric_history(run_id, "train_loss")
-            self.last_epoch[key] = max((m.step for m in history), default=self.last_epoch.get(key, 0))
-        except Exception as exc:  # noqa: BLE001 - server down: a new run is better than no run
+        except Exception as exc:  # noqa: BLE001 - server down: keep what the saved state says
             log.warning("could not look up the run of trial %s: %s", key, exc)
-            return False
+            return key in self.runs
+        self.last_epoch[key] = max((m.step for m in history), default=0)
         self.runs[key] = run_id
         return True
 
@@ -208,6 +215,9 @@ class TrialRunLogger(tune.Callback):
         if step <= self.last_epoch.get(key, 0):
             return  # replayed after a restore from an older checkpoint: the history already has this epoch
         self.last_epoch[key] = step
+        self._log_result(key, result, step)
+
+    def _log_result(self, key: str, result: dict, step: int) -> None:
         now = int(time.time() * 1000)
         values = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) and _is_number(v)}
         values["epoch_time_s"] = result.get("time_this_iter_s", 0.0)
@@ -262,14 +272,14 @@ class TrialRunLogger(tune.Callback):
             # The model is in MLflow (or staged for upload) and an ended trial is never resumed: its checkpoints
             # would only fill the disk (500 trials x 2 checkpoints each). Deleted once the experiment state
             # that records the trial as ended is on disk: a resume from an older state would still need them.
-            self.to_prune[trial.path] = time.time()
+            self.to_prune[trial.path] = key
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if not self.to_prune:
             return
-        saved = _experiment_state_time(next(iter(self.to_prune)))
-        for path, ended_at in list(self.to_prune.items()):
-            if saved > ended_at:
+        ended = _ended_in_saved_state(next(iter(self.to_prune)))
+        for path, trial_id in list(self.to_prune.items()):
+            if trial_id in ended:
                 prune_checkpoints(path)
                 del self.to_prune[path]
 
@@ -286,12 +296,82 @@ class TrialRunLogger(tune.Callback):
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
 
 
-def _experiment_state_time(trial_dir: str) -> float:
-    """When Tune last wrote the experiment state of the experiment holding ``trial_dir`` (0 if unknown)."""
+def reconcile(logger: TrialRunLogger, trials: list, check_histories: bool) -> int:
+    """Make MLflow agree with Tune's experiment state; returns how many trials needed it.
+
+    A driver killed mid-search loses the writes still queued in memory, and a resumed search does not replay
+    events of trials that had already ended. Tune's state is the record: each ended trial whose run is missing,
+    still RUNNING, or (``check_histories``, after a resume) missing epochs gets them from the trial's
+    ``result.json`` and is ended with its outcome. Call it with an idle writer.
+    """
+    client = logger.writer.client
+    from search.leaderboard import trial_runs  # local: leaderboard imports nothing from here, keep it that way
+
+    runs = {r.data.tags.get("hps.trial_id"): r for r in trial_runs(client, client.get_run(logger.parent_run_id))}
+    fixed = 0
+    for trial in trials:
+        if trial.status not in ("TERMINATED", "ERROR"):
+            continue
+        key, run, last = trial.trial_id, runs.get(trial.trial_id), (trial.last_result or {}).get("epoch")
+        logged = set()
+        if run is not None and check_histories:
+            logged = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
+        results = [r for r in read_results(trial.path) if "epoch" in r]
+        missing = [r for r in results if r["epoch"] not in logged] if check_histories or run is None else []
+        consistent = run is not None and run.info.status != "RUNNING" and run.data.tags.get("hps.last_epoch") == str(last)
+        if consistent and not missing:
+            continue
+        if run is None:
+            logger.runs.pop(key, None)
+            logger.known.discard(key)
+            logger.on_trial_start(0, trials, trial)
+        else:
+            logger.runs[key] = run.info.run_id
+            logger.known.add(key)
+        for result in missing:
+            logger._log_result(key, result, int(result["epoch"]))  # noqa: SLF001
+        logger.ended.discard(key)
+        if trial.status == "ERROR":
+            logger.on_trial_error(0, trials, trial)
+        else:
+            logger.on_trial_complete(0, trials, trial)
+        fixed += 1
+    return fixed
+
+
+def read_results(trial_dir: str | None) -> list[dict]:
+    """Every result a trial reported, from the ``result.json`` Tune's JSON logger keeps in its folder."""
+    import json
+
+    import pyarrow.fs
+
+    if not trial_dir:
+        return []
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(trial_dir) if "://" in trial_dir else (
+            pyarrow.fs.LocalFileSystem(), trial_dir)
+        with filesystem.open_input_stream(f"{path}/result.json") as stream:
+            text = stream.readall().decode()
+    except (OSError, FileNotFoundError):
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _ended_in_saved_state(trial_dir: str) -> set[str]:
+    """Trial ids the experiment state on disk (what a resume would start from) records as ended."""
     if "://" in trial_dir:
-        return 0.0
-    states = list(Path(trial_dir).parent.glob("experiment_state-*.json"))
-    return max((f.stat().st_mtime for f in states), default=0.0)
+        return set()
+    states = sorted(Path(trial_dir).parent.glob("experiment_state-*.json"), key=lambda f: f.stat().st_mtime)
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (OSError, ValueError, KeyError):  # being rewritten right now: try again at the next step
+        return set()
+    ended = set()
+    for entry in trial_data:
+        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+        if trial.get("status") in ("TERMINATED", "ERROR"):
+            ended.add(trial.get("trial_id"))
+    return ended
 
 
 def prune_checkpoints(trial_dir: str | None) -> int:

@@ -17,25 +17,28 @@ from typing import Any
 
 import pandas as pd
 import ray
+from mlflow.entities import RunTag
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
 from search.dataset import split_from_config, with_absolute_source
-from search.leaderboard import leaderboard
+from search.leaderboard import leaderboard, trial_runs
 from search.progress import ProgressPrinter
 from search.report import write_report
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
 from search.tracking import (
-    WRITERS,
+    LOGGERS,
     TrialRunLogger,
     connect,
     experiment_id,
     finish_search_run,
     log_model_artifacts,
     prune_checkpoints,
+    reconcile,
     start_search_run,
 )
 from search.writer import TrackingWriter, quick_failing_http
@@ -156,15 +159,10 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
     try:
         _init_ray(address)
         results = make_tuner().fit()
-        logger_writer = WRITERS.pop(parent, None)
         interrupted = _was_interrupted(results, cfg)
-        if logger_writer is not None and not logger_writer.drain(cfg.tracking.outage_wait_s):
-            pending = _pending_file(search.storage_path, cfg.name)
-            count = logger_writer.save_pending(pending)
-            raise TrackingBacklog(
-                f"the tracking server was unreachable at the end of the search; {count} MLflow writes are saved in "
-                f"{pending}: run `hps resume {cfg.name}{_storage_flag(search.storage_path)}` once it is back"
-            )
+        logger = LOGGERS.pop(parent, None)
+        if logger is not None:
+            _settle_tracking(search, logger, results)
         if interrupted:
             finish_search_run(client, parent, "KILLED", {"hps.status": "interrupted"})
             raise SearchInterrupted(f"search {cfg.name} was interrupted; continue it with "
@@ -178,8 +176,27 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
         raise
 
 
+def _settle_tracking(search: _Search, logger: TrialRunLogger, results: tune.ResultGrid) -> None:
+    """Write everything the trial logger queued, repair what a crash lost, or save the backlog for later."""
+    cfg = search.cfg
+    writer = logger.writer
+    if writer.drain(cfg.tracking.outage_wait_s):
+        if reconcile(logger, results._experiment_analysis.trials, check_histories=logger.restored):  # noqa: SLF001
+            log.warning("replayed missing MLflow records of ended trials from the experiment state")
+        if writer.drain(cfg.tracking.outage_wait_s):
+            writer.close()
+            return
+    pending = _pending_file(search.storage_path, cfg.name)
+    count = writer.save_pending(pending)
+    raise TrackingBacklog(
+        f"the tracking server was unreachable at the end of the search; {count} MLflow writes are saved in "
+        f"{pending}: run `hps resume {cfg.name}{_storage_flag(search.storage_path)}` once it is back"
+    )
+
+
 def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
     cfg, client, parent = search.cfg, search.client, search.parent
+    _remove_orphan_runs(client, parent, results)
     board = leaderboard(client, client.get_run(parent))
     n_errors = sum(1 for r in results if r.error is not None)
     summary = _summarize(board, cfg, len(results), n_errors)
@@ -197,6 +214,28 @@ def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
     _write_report(client, parent, cfg)
     finish_search_run(client, parent, "FINISHED", summary)
     return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors)
+
+
+def _remove_orphan_runs(client, parent: str, results: tune.ResultGrid) -> None:
+    """Delete child runs of trials the experiment no longer has.
+
+    A driver killed between two experiment-state snapshots leaves runs for trials the snapshot never recorded;
+    the resumed search samples those configurations again as new trials (with the same seed Optuna suggests the
+    same values) and trains them from scratch. The stale runs are tagged, ended and moved to MLflow's bin
+    (restorable), so the search shows exactly one run per trial.
+    """
+    trial_ids = {t.trial_id for t in results._experiment_analysis.trials}  # noqa: SLF001
+    for run in trial_runs(client, client.get_run(parent)):
+        trial_id = run.data.tags.get("hps.trial_id")
+        if trial_id in trial_ids:
+            continue
+        log.warning("trial %s is not part of the resumed experiment (started after its last snapshot); "
+                    "its configuration was trained again as a new trial; deleting its run %s", trial_id, run.info.run_id)
+        client.log_batch(run.info.run_id, tags=[RunTag("hps.outcome", "superseded"), RunTag(
+            "hps.outcome_note", "started after the last experiment snapshot before a driver crash; trained again")])
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.delete_run(run.info.run_id)
 
 
 def _end_parent_quietly(client, parent: str, status: str, note: str | None = None) -> None:
@@ -303,12 +342,9 @@ def _init_ray(address: str | None) -> None:
     # The legacy reporter honours verbose=0 fully; the new one still prints a config box and TensorBoard hints.
     # Progress comes from search.progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's default CSV/JSON/TensorBoard loggers write every result of every trial from the driver; MLflow is
-    # this service's record, so they are pure overhead here.
+    # Tune's default loggers add a CSV and a TensorBoard file per trial (and warn on every NaN); only the JSON one
+    # is kept (see _build_tuner): MLflow is this service's record.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # ... so Tune's result analysis finds no result.json per trial and says so for every trial; results come from
-    # memory (and MLflow) instead, nothing is missing.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     if ray.is_initialized():
@@ -398,7 +434,8 @@ def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tu
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=storage_path,
-            callbacks=callbacks,
+            # result.json per trial: the on-disk record `reconcile` repairs MLflow from after a crash.
+            callbacks=[*callbacks, JsonLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
             verbose=0,

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
                     "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 BACKOFF_S = (0.5, 1, 2, 5, 10)
+MAX_BATCH_METRICS, MAX_BATCH_TAGS = 1000, 100  # MLflow's limits for one log_batch
 
 
 @dataclass
@@ -135,7 +136,7 @@ class TrackingWriter:
                     self._cv.wait()
                 if self._closed:
                     return
-                op = self._queue[0]
+                op = self._coalesce()
                 self._busy = True
             try:
                 self._execute(op)
@@ -162,6 +163,31 @@ class TrackingWriter:
                 self._queue.popleft()
                 self._busy = False
                 self._cv.notify_all()
+
+    def _coalesce(self) -> Op:
+        """Merge the head ``log_batch`` with later ones for the same run (one request instead of one per epoch,
+        so the writer keeps up with many trials). Only ops of other runs are passed over: per run, order holds.
+        Called with the lock held; the merged op replaces the head."""
+        head = self._queue[0]
+        if head.kind != "log_batch":
+            return head
+        metrics, tags, absorbed = list(head.args.get("metrics", [])), dict(head.args.get("tags", {})), []
+        for index in range(1, len(self._queue)):
+            op = self._queue[index]
+            if op.key != head.key:
+                continue
+            if op.kind != "log_batch" or len(metrics) + len(op.args.get("metrics", [])) > MAX_BATCH_METRICS \
+                    or len(tags | op.args.get("tags", {})) > MAX_BATCH_TAGS:
+                break
+            metrics += op.args.get("metrics", [])
+            tags.update(op.args.get("tags", {}))
+            absorbed.append(index)
+        if not absorbed:
+            return head
+        for index in reversed(absorbed):
+            del self._queue[index]
+        self._queue[0] = Op("log_batch", head.key, {"metrics": metrics, "tags": tags})
+        return self._queue[0]
 
     def _execute(self, op: Op) -> None:
         client, args = self.client, op.args
