@@ -74,7 +74,7 @@ def output_of(cwd: Path) -> str:
 
 def test_killed_worker_is_retried_from_its_checkpoint(ray_session, mlflow_server, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    config = slow_config(tmp_path / "c.yaml", "kill-worker", mlflow_server, num_samples=3, max_epochs=8, max_failures=2)
+    config = slow_config(tmp_path / "c.yaml", "kill-worker", mlflow_server, num_samples=3, max_epochs=16, max_failures=2)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
     client = MlflowClient(mlflow_server)
 
