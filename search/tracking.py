@@ -137,7 +137,7 @@ class TrialRunLogger(tune.Callback):
         self.last_epoch: dict[str, int] = {}  # trial → last epoch logged (a retried trial replays some epochs)
         self.unfinished: list[str] = []  # trials still open when the experiment ended (interrupted search)
         self.known: set[str] = set()  # trials whose run exists or whose creation is queued
-        self.to_prune: dict[str, str] = {}  # folder → id of an ended trial whose checkpoints can go
+        self.to_prune: dict[str, tuple[str, bool]] = {}  # folder → (ended trial's id, keep its newest checkpoint)
         self.restored = False
         self._writer: TrackingWriter | None = None
 
@@ -268,19 +268,20 @@ class TrialRunLogger(tune.Callback):
             self._submit_model(key, trial.checkpoint)
         self.writer.submit("set_status", key, status=status)
         self.ended.add(key)
-        if outcome != "interrupted" and (log_model or outcome == "failed"):
-            # The model is in MLflow (or staged for upload) and an ended trial is never resumed: its checkpoints
-            # would only fill the disk (500 trials x 2 checkpoints each). Deleted once the experiment state
-            # that records the trial as ended is on disk: a resume from an older state would still need them.
-            self.to_prune[trial.path] = key
+        if outcome != "interrupted":
+            # An ended trial is never resumed: once its model is in MLflow (or staged for upload) its checkpoints
+            # only fill the disk; otherwise only the newest (which holds the best epoch's weights) is kept for
+            # the end of the search. Deleted once the experiment state that records the trial as ended is on
+            # disk: a resume from an older state would still need them.
+            self.to_prune[trial.path] = (key, not log_model and outcome != "failed")
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if not self.to_prune:
             return
         ended = _ended_in_saved_state(next(iter(self.to_prune)))
-        for path, trial_id in list(self.to_prune.items()):
+        for path, (trial_id, keep_newest) in list(self.to_prune.items()):
             if trial_id in ended:
-                prune_checkpoints(path)
+                prune_checkpoints(path, keep_newest)
                 del self.to_prune[path]
 
     def _submit_model(self, key: str, checkpoint: tune.Checkpoint | None) -> None:
@@ -374,12 +375,13 @@ def _ended_in_saved_state(trial_dir: str) -> set[str]:
     return ended
 
 
-def prune_checkpoints(trial_dir: str | None) -> int:
-    """Delete a trial's checkpoint folders (local storage only); returns how many were removed."""
+def prune_checkpoints(trial_dir: str | None, keep_newest: bool = False) -> int:
+    """Delete a trial's checkpoint folders (local storage only), or all but the newest; returns how many."""
     if not trial_dir or "://" in trial_dir or not Path(trial_dir).is_dir():
         return 0
     removed = 0
-    for folder in Path(trial_dir).glob("checkpoint_*"):
+    folders = sorted(Path(trial_dir).glob("checkpoint_*"))
+    for folder in folders[:-1] if keep_newest else folders:
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1
     return removed
