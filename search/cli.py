@@ -18,7 +18,10 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(f"hps: error: {message}", file=sys.stderr)
+    # One line, always: a key or value with a line break or control character in it (a YAML key can be "\n")
+    # is shown escaped.
+    one_line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+    print(f"hps: error: {one_line}", file=sys.stderr)
     return code
 
 
