@@ -248,7 +248,9 @@ class TrialRunLogger(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         # Trials still pending or running when the experiment ends (an interrupted search) must not stay RUNNING;
         # a resumed search reopens them.
-        self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        # (Tune marks the trials it stops on Ctrl-C TERMINATED in memory, RUNNING in the saved state: what tells
+        # them apart from finished ones is that they never completed.)
+        self.unfinished = [t.trial_id for t in trials if t.trial_id not in self.ended]
         for trial in trials:
             if trial.trial_id in self.runs and trial.trial_id not in self.ended:
                 self._end(trial, "interrupted", "the search stopped before this trial ended", "KILLED")

@@ -159,8 +159,8 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
     try:
         _init_ray(address)
         results = make_tuner().fit()
-        interrupted = _was_interrupted(results, cfg)
         logger = LOGGERS.pop(parent, None)
+        interrupted = _was_interrupted(results, cfg, logger)
         if logger is not None:
             _settle_tracking(search, logger, results)
         if interrupted:
@@ -247,10 +247,11 @@ def _end_parent_quietly(client, parent: str, status: str, note: str | None = Non
         log.warning("could not end the search's MLflow run %s: %s", parent, exc)
 
 
-def _was_interrupted(results: tune.ResultGrid, cfg: HpsConfig) -> bool:
-    """Ctrl-C makes Tune return early with trials left unfinished (or never created)."""
-    trials = results._experiment_analysis.trials  # noqa: SLF001 - the only place Tune exposes trial states
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+def _was_interrupted(results: tune.ResultGrid, cfg: HpsConfig, logger: TrialRunLogger | None) -> bool:
+    """Ctrl-C makes Tune return early with trials that never completed (or were never created)."""
+    trials = results._experiment_analysis.trials  # noqa: SLF001 - the only place Tune exposes its trials
+    unfinished = logger.unfinished if logger is not None else [
+        t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     return bool(unfinished) or len(trials) < cfg.search.num_samples
 
 

@@ -206,3 +206,25 @@ def test_scheduler_state_survives_a_save_and_restore():
     fresh = ASHAScheduler(time_attr="epoch", max_t=9, grace_period=1, reduction_factor=3, metric="val_loss", mode="min")
     SchedulerState(fresh).set_state(state)
     assert fresh._brackets[0]._rungs[-1][1] == {"t1": -0.5} and "t1" in fresh._trial_info
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(ray_session, mlflow_server, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    storage = str(tmp_path / "runs")
+    config = slow_config(tmp_path / "c.yaml", "ctrl-c", mlflow_server, num_samples=6, max_epochs=12)
+    proc = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
+    wait_until(lambda: "[2/6 done" in output_of(tmp_path), what="two trials done")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(TIMEOUT) == 130, output_of(tmp_path)
+    assert f"hps resume ctrl-c --storage {storage}" in output_of(tmp_path)
+    client = MlflowClient(mlflow_server)
+    assert find_search_run(client, "ctrl-c").info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in children(client, "ctrl-c"))
+    assert any(r.data.tags["hps.outcome"] == "interrupted" for r in children(client, "ctrl-c"))
+
+    resumed = start_hps("resume", "ctrl-c", "--address", address, "--storage", storage, cwd=tmp_path)
+    assert resumed.wait(TIMEOUT) == 0, output_of(tmp_path)
+    runs = children(client, "ctrl-c")
+    assert len(runs) == 6 and {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
+    assert_clean_histories(client, runs)
+    assert find_search_run(client, "ctrl-c").info.status == "FINISHED"
