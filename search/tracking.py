@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
