@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from mlflow.entities import Param, RunTag
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
 from search.errors import TrackingError
-from search.writer import TrackingWriter
+from search.writer import TrackingWriter, log_params
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,9 @@ def start_search_run(client: MlflowClient, exp_id: str, name: str, config: dict,
     }
     run = client.create_run(exp_id, tags=tags, run_name=name)
     params = {**flatten(config), **{f"data.{k}": str(v) for k, v in data.items()}}
-    _log_params(client, run.info.run_id, params)
+    log_params(client, run.info.run_id, params)
     client.log_text(run.info.run_id, config_yaml, "config.yaml")
     return run.info.run_id
-
-
-def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-        client.log_batch(run_id, params=items[start : start + 100])
 
 
 def log_model_artifacts(client: MlflowClient, run_id: str, checkpoint: tune.Checkpoint | None) -> bool:

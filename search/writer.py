@@ -200,9 +200,7 @@ class TrackingWriter:
         if run_id is None:
             raise MlflowException(f"no run for {op.key}", error_code="RESOURCE_DOES_NOT_EXIST")
         if op.kind == "log_params":
-            items = [Param(k, str(v)[:6000]) for k, v in args["params"].items()]
-            for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                client.log_batch(run_id, params=items[start : start + 100])
+            log_params(client, run_id, args["params"])
         elif op.kind == "log_batch":
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in args.get("metrics", [])]
             tags = [RunTag(k, str(v)) for k, v in args.get("tags", {}).items()]
@@ -220,6 +218,13 @@ class TrackingWriter:
                 client.set_terminated(run_id, args["status"])
         else:
             raise ValueError(f"unknown operation {op.kind}")
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params (values as text, cut to MLflow's 6000 characters) in batches of MLflow's 100 per request."""
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
 
 
 def quick_failing_http() -> None:
