@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from trainables.data import SKLEARN_DATASETS, SOURCE_KINDS, TABLE_KINDS, TASKS
-from trainables.metrics import LOSSES, MAXIMIZED, TASK_METRICS
+from trainables.metrics import LOSSES, MAXIMIZED, REGRESSION_LOSSES, TASK_METRICS
 from trainables.model import ACTIVATIONS, NORMS
 from trainables.train import OPTIMIZERS
 
@@ -292,6 +292,7 @@ _VALUE_RULES: dict[str, tuple[str, Any]] = {
     "activation": (f"one of {', '.join(ACTIVATIONS)}", lambda v: v in ACTIVATIONS),
     "norm": (f"one of {', '.join(NORMS)}", lambda v: v in NORMS),
     "optimizer": (f"one of {', '.join(OPTIMIZERS)}", lambda v: v in OPTIMIZERS),
+    "loss": (f"one of {', '.join(REGRESSION_LOSSES)} (regression only)", lambda v: v in REGRESSION_LOSSES),
 }
 HYPERPARAMETERS = tuple(_VALUE_RULES)
 
@@ -372,6 +373,14 @@ def _check_task_metric(cfg: HpsConfig) -> None:
     if task in TASKS and cfg.search.metric not in LOSSES + TASK_METRICS[task]:
         allowed = ", ".join(LOSSES + TASK_METRICS[task])
         raise ConfigError("search.metric", f"{cfg.search.metric} is not reported for {task}; use one of {allowed}")
+    if "loss" not in cfg.space:
+        return
+    if task in TASKS and task != "regression":
+        raise ConfigError("space.loss", f"only regressions choose a loss; a {task} classifier trains with cross-entropy")
+    # An MAE of 2.0 and an MSE of 2.0 say different things: with the loss searched, val_loss ranks nothing.
+    if isinstance(cfg.space["loss"], Distribution) and cfg.search.metric in LOSSES:
+        raise ConfigError("search.metric", f"{cfg.search.metric} is measured in each trial's own loss, so it cannot "
+                          "rank trials that search the loss; use val_mae, val_rmse or val_r2")
 
 
 def check_metric_for_task(cfg: HpsConfig, task: str) -> None:

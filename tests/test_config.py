@@ -59,7 +59,23 @@ BAD_CASES = {
         "space.dropout.per_layer", "only units"),
     "fractional GPUs above one": (with_change("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial", "whole number"),
     "bad log_models": (with_change("tracking.log_models", "some"), "tracking.log_models", "all"),
+    "unknown loss": (with_change("space.loss", "l1"), "space.loss", "mse, mae, huber"),
+    "regression loss on a classifier": (with_change("space.loss", "mae"), "space.loss", "only regressions"),
 }
+
+REGRESSION = load_yaml("diabetes.yaml")
+
+
+def test_searched_loss_needs_a_metric_comparable_across_losses():
+    raw = copy.deepcopy(REGRESSION)
+    raw["space"]["loss"] = {"type": "categorical", "choices": ["mse", "mae", "huber"]}
+    raw["search"]["metric"] = "val_loss"
+    with pytest.raises(ConfigError, match=r"^search.metric: val_loss is measured in each trial's own loss"):
+        parse_config(raw)
+    raw["search"]["metric"] = "val_mae"
+    assert parse_config(raw).space["loss"].choices == ["mse", "mae", "huber"]
+    raw["space"]["loss"], raw["search"]["metric"] = "huber", "val_loss"  # one fixed loss: val_loss still ranks
+    parse_config(raw)
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
@@ -135,3 +151,16 @@ def test_cli_run_rejects_bad_config_before_ray_starts(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "grace_period" in proc.stderr
     assert not (tmp_path / "never.db").exists() and not (tmp_path / "s").exists()
+
+
+def test_loss_on_a_table_detected_as_classification_is_refused_once_the_task_is_known():
+    from search.config import check_metric_for_task
+
+    raw = copy.deepcopy(REGRESSION)
+    raw["data"] = {"source": "csv:any.csv", "target": "label", "task": "auto"}
+    raw["space"]["loss"] = "mae"
+    raw["search"]["metric"] = "val_loss"
+    cfg = parse_config(raw)  # the task is not known until the file is read
+    check_metric_for_task(cfg, "regression")
+    with pytest.raises(ConfigError, match="^space.loss: only regressions"):
+        check_metric_for_task(cfg, "binary")

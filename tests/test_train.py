@@ -109,3 +109,21 @@ def test_maximized_metric_tracks_the_highest_value(datasets):
     reports = run(datasets["wine"].trial_data(), epochs=5, metric="val_accuracy")
     values = [m["val_accuracy"] for m, _ in reports]
     assert reports[-1][0]["best_val_accuracy"] == max(values)
+
+
+@pytest.mark.parametrize("loss,expected", [("mse", torch.nn.MSELoss), ("mae", torch.nn.L1Loss), ("huber", torch.nn.HuberLoss)])
+def test_regression_trains_with_the_chosen_loss(datasets, loss, expected):
+    from trainables.metrics import loss_function
+
+    assert isinstance(loss_function("regression", loss), expected)
+    first, last = (r[0] for r in run(datasets["diabetes"].trial_data(), {**PARAMS, "loss": loss}, epochs=4)[::3])
+    assert last["train_loss"] < first["train_loss"]
+    # An L1 training loss on standardized targets is the MAE in standard deviations: it must match val_mae's scale.
+    if loss == "mae":
+        scale = datasets["diabetes"].preprocessor.target_scale
+        assert last["val_loss"] * scale == pytest.approx(last["val_mae"], rel=1e-4)
+
+
+def test_classifier_refuses_a_regression_loss(datasets):
+    with pytest.raises(ValueError, match="regression loss"):
+        run(datasets["wine"].trial_data(), {**PARAMS, "loss": "mae"})

@@ -15,6 +15,9 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 }
 MAXIMIZED = {"val_accuracy", "val_f1", "val_r2"}
 LOSSES = ("train_loss", "val_loss")
+# Training losses a regression can use (the ``loss`` hyperparameter). MAE/Huber suit targets judged by MAE or with
+# outliers; losses of different kinds are not comparable, so a search over them must select on val_mae/rmse/r2.
+REGRESSION_LOSSES: dict[str, type[nn.Module]] = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
 
 
 def metric_mode(metric: str) -> str:
@@ -23,13 +26,17 @@ def metric_mode(metric: str) -> str:
     return "max" if base in MAXIMIZED else "min"
 
 
-def loss_function(task: str) -> nn.Module:
-    """Cross-entropy for multiclass, BCE-with-logits for binary, MSE for regression."""
+def loss_function(task: str, name: str | None = None) -> nn.Module:
+    """Cross-entropy for multiclass, BCE-with-logits for binary; for regression the named loss (default MSE)."""
+    if task != "regression" and name is not None:
+        raise ValueError(f"loss {name!r} is a regression loss; a {task} classifier trains with cross-entropy")
     if task == "multiclass":
         return nn.CrossEntropyLoss()
     if task == "binary":
         return nn.BCEWithLogitsLoss()
-    return nn.MSELoss()
+    if (name or "mse") not in REGRESSION_LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(REGRESSION_LOSSES)}")
+    return REGRESSION_LOSSES[name or "mse"]()
 
 
 def loss_target(task: str, y: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,7 @@ def train_trial(
     arch = architecture_from_params(params, data.x_train.shape[1], n_outputs)
     model = build_mlp(arch).to(device)
     optimizer = make_optimizer(params, model)
-    loss_fn = loss_function(task)
+    loss_fn = loss_function(task, params.get("loss"))
     description = {"architecture": arch.to_dict(), "preprocessor": prep, "params": params}
 
     x_train, y_train, x_val, y_val = _place_data(data, device, settings.stream)
