@@ -161,6 +161,9 @@ def register_champion(
     """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
     and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
     example = rows.head(5).reset_index(drop=True)
+    # The saved preprocessing imputes every numeric column, so gaps are legal input: integer columns are declared
+    # as doubles, which (unlike integers) can hold NaN under MLflow's schema enforcement.
+    example = example.astype({column: "float64" for column in example.select_dtypes("integer").columns})
     signature = infer_signature(example, predict_frame(model, prep, example))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

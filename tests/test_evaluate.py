@@ -32,6 +32,7 @@ def make_table(n: int, seed: int) -> pd.DataFrame:
     origin = rng.choice(["usa", "europe", "japan"], n)
     mpg = 60 - weight / 100 - power / 20 + np.select([origin == "japan", origin == "europe"], [4.0, 2.0], 0.0)
     frame = pd.DataFrame({"weight": weight, "horsepower": power, "origin": origin,
+                          "cylinders": rng.choice([4, 6, 8], n),  # an integer column without gaps in training
                           "name": [f"car {i}" for i in range(n)], "mpg": mpg + rng.normal(0, 1, n)})
     for column, gaps in (("horsepower", 12), ("origin", 8), ("mpg", 5)):
         frame.loc[rng.choice(n, min(gaps, n // 4), replace=False), column] = np.nan
@@ -117,6 +118,17 @@ def test_predict_raw_rows_with_unseen_category(csv_search, mlflow_server, tmp_pa
     for reference in ("eval-cars", f"runs:/{run_id}/model"):
         predict_file(mlflow_server, reference, str(path), str(tmp_path / "again.csv"))
         assert np.allclose(pd.read_csv(tmp_path / "again.csv")["prediction"], predictions["prediction"], rtol=1e-5)
+
+
+def test_pyfunc_model_accepts_gaps_in_columns_that_were_integers(csv_search, mlflow_server):
+    # Preprocessing imputes every numeric column, so the signature must not promise integers (which cannot be NaN).
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/eval-cars@champion")
+    assert {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}["cylinders"] == "double"
+    rows = make_table(6, 3).drop(columns=["mpg", "name"])
+    rows["cylinders"] = rows["cylinders"].astype("float64")
+    rows.loc[0, "cylinders"] = np.nan
+    assert model.predict(rows)["prediction"].notna().all()
 
 
 def test_predict_with_a_missing_feature_column_is_a_clear_error(csv_search, mlflow_server, tmp_path, capsys):
