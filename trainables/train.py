@@ -215,6 +215,9 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
     losses, sizes = [], []  # kept on the device and summed once: no host sync, no extra ops per batch
+    # Dropping the gradients directly is what zero_grad(set_to_none=True) does, without its per-call profiler
+    # and dispatch wrappers (~40 us a batch, several percent of a small MLP's step on CPU).
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
@@ -223,7 +226,8 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
         xb, yb = _to(x.index_select(0, idx), device), _to(y.index_select(0, idx), device)
         with autocast:
             loss = loss_fn(model(xb), loss_target(task, yb))
-        optimizer.zero_grad(set_to_none=True)
+        for p in parameters:
+            p.grad = None
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
