@@ -1,7 +1,11 @@
 """The plain-Optuna way to run the same search: one process, ``study.optimize(n_jobs=<max_concurrent>)``, the same
 trainable (:func:`trainables.train.train_trial`), space, sampler, seed, trials and epochs; no Ray, no MLflow.
 
-``python -m benchmarks.optuna_baseline CONFIG [--set key=value ...]`` prints one JSON line with the best value.
+``python -m benchmarks.optuna_baseline CONFIG [--set key=value ...] [--replay PARAMS.json]`` prints one JSON line
+with the best value. ``--replay`` (a JSON list of parameter dicts) enqueues exactly those configurations instead
+of sampling: the overhead figure replays the trials ``hps run`` trained, so both sides train the same networks.
+(The same sampler and seed do not give the same trials: here two threads draw from one sampler concurrently,
+and TPE follows whichever results arrive first.)
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import json
 import logging
 import time
+from pathlib import Path
 
 import optuna
 import torch
@@ -25,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--replay", help="JSON list of parameter dicts to train, in order, instead of sampling")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     cfg = load_config(args.config, args.set)
@@ -45,7 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(logging.WARNING)
     direction = "minimize" if cfg.search.mode == "min" else "maximize"
     study = optuna.create_study(direction=direction, sampler=make_sampler(cfg.search.sampler, cfg.search.seed))
-    study.optimize(objective, n_trials=cfg.search.num_samples, n_jobs=cfg.search.max_concurrent)
+    n_trials = cfg.search.num_samples
+    if args.replay:
+        configurations = json.loads(Path(args.replay).read_text())
+        for params in configurations:
+            study.enqueue_trial(params)
+        n_trials = len(configurations)
+    study.optimize(objective, n_trials=n_trials, n_jobs=cfg.search.max_concurrent)
     print(json.dumps({"best_value": study.best_value, "n_trials": len(study.trials),
                       "in_process_s": time.perf_counter() - start}))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -27,23 +28,35 @@ def _run(cmd: list[str], log: Path) -> tuple[float, str]:
     return wall, proc.stdout
 
 
+def trained_configurations(storage: Path, name: str) -> list[dict]:
+    """The parameters of every trial a search trained, in start order, from Tune's record (``params.json``)."""
+    trial_dirs = [p for p in (storage / name).iterdir() if (p / "params.json").exists()]
+    # Tune names trial folders <trainable>_<trial id>_<index>_<params>_<time>: the index is the start order.
+    trial_dirs.sort(key=lambda p: int(re.search(r"_[0-9a-f]{8}_(\d+)_", p.name).group(1)))
+    return [json.loads((p / "params.json").read_text()) for p in trial_dirs]
+
+
 def measure(config: str, overrides: list[str], reps: int, workdir: Path) -> dict:
-    """``reps`` pairs of runs, alternating which goes first; the ratio is hps wall time / Optuna wall time."""
+    """``reps`` pairs of runs: ``hps run``, then the Optuna script training exactly the configurations that run
+    trained (so the ratio measures the service, not which networks each sampler happened to try). One untimed
+    run of each first, so neither pays for a cold file cache. The ratio is hps wall time / Optuna wall time."""
     sets = [arg for item in overrides for arg in ("--set", item)]
     runs = []
-    for rep in range(reps):
-        name = f"bench-overhead-{rep}"
+    for rep in range(-1, reps):  # rep -1: the warm-up pair
+        name = f"bench-overhead-{rep + 1}"
         hps = [*hps_command(), "run", config, "--name", name, *sets,
-               "--tracking-uri", f"sqlite:///{workdir}/overhead-{rep}.db", "--storage", str(workdir / "storage"), "--overwrite"]
-        optuna = [sys.executable, "-m", "benchmarks.optuna_baseline", config, *sets]
-        jobs = [("hps", hps), ("optuna", optuna)]
-        walls = {}
-        for label, cmd in jobs if rep % 2 == 0 else jobs[::-1]:
-            walls[label], stdout = _run(cmd, workdir / f"overhead-{rep}-{label}.log")
-            if label == "optuna":
-                optuna_best = json.loads(stdout.strip().splitlines()[-1])["best_value"]
-        runs.append({"hps_wall_s": walls["hps"], "optuna_wall_s": walls["optuna"], "optuna_best": optuna_best,
-                     "ratio": walls["hps"] / walls["optuna"]})
+               "--tracking-uri", f"sqlite:///{workdir}/overhead-{rep + 1}.db", "--storage", str(workdir / "storage"),
+               "--overwrite"]
+        hps_wall, _ = _run(hps, workdir / f"overhead-{rep + 1}-hps.log")
+        replay = workdir / f"overhead-{rep + 1}-trials.json"
+        replay.write_text(json.dumps(trained_configurations(workdir / "storage", name)))
+        optuna = [sys.executable, "-m", "benchmarks.optuna_baseline", config, *sets, "--replay", str(replay)]
+        optuna_wall, stdout = _run(optuna, workdir / f"overhead-{rep + 1}-optuna.log")
+        if rep < 0:
+            continue
+        optuna_best = json.loads(stdout.strip().splitlines()[-1])["best_value"]
+        runs.append({"hps_wall_s": hps_wall, "optuna_wall_s": optuna_wall, "optuna_best": optuna_best,
+                     "ratio": hps_wall / optuna_wall})
     return {
         "overrides": overrides,
         "hps_wall_s": statistics.median(r["hps_wall_s"] for r in runs),

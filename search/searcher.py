@@ -19,6 +19,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables.reporting import expand_epochs
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per search says nothing
 
 SAMPLERS = {
@@ -51,10 +53,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that reports per-epoch values and tells early-stopped trials as PRUNED."""
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        value = result.get(self.metric)
-        if trial_id in self._completed_trials or value is None or not math.isfinite(value):
+        if trial_id in self._completed_trials:
             return
-        self._ot_trials[trial_id].report(float(value), int(result.get("epoch", result.get("training_iteration", 0))))
+        for epoch in expand_epochs(result):  # one report may carry several short epochs
+            value = epoch.get(self.metric)
+            if value is not None and math.isfinite(value):
+                self._ot_trials[trial_id].report(float(value), int(epoch.get("epoch", epoch.get("training_iteration", 0))))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

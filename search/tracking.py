@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
+from trainables.reporting import expand_epochs
 from search.errors import TrackingError
 from search.writer import TrackingWriter, log_params
 
@@ -205,16 +206,17 @@ class TrialRunLogger(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         key = trial.trial_id
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self.last_epoch.get(key, 0):
-            return  # replayed after a restore from an older checkpoint: the history already has this epoch
-        self.last_epoch[key] = step
-        self._log_result(key, result, step)
+        for epoch in expand_epochs(result):  # a report may carry earlier short epochs too
+            step = int(epoch.get("epoch", epoch.get("training_iteration", 0)))
+            if step <= self.last_epoch.get(key, 0):
+                continue  # replayed after a restore from an older checkpoint: the history already has this epoch
+            self.last_epoch[key] = step
+            self._log_result(key, epoch, step)
 
     def _log_result(self, key: str, result: dict, step: int) -> None:
-        now = int(time.time() * 1000)
+        now = int(result.get("epoch_end_time", time.time()) * 1000)
         values = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) and _is_number(v)}
-        values["epoch_time_s"] = result.get("time_this_iter_s", 0.0)
+        values["epoch_time_s"] = result.get("epoch_time_s", result.get("time_this_iter_s", 0.0))
         tags = {}
         if key not in self.at_best or step == 1:
             tags = {k: result[k] for k in ("node_id", "hostname", "device", "pid") if k in result}
@@ -224,6 +226,10 @@ class TrialRunLogger(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
+        if "epoch" not in result:
+            # Stopped before its first report: no scheduler stops a trial it has no result of, so this is Tune
+            # winding down an interrupted search (Ctrl-C). It stays open; on_experiment_end marks it interrupted.
+            return
         if result.get("diverged"):
             self._end(trial, "failed", f"diverged: {result['diverged']}", "FAILED")
         elif result.get("finished"):
@@ -246,7 +252,7 @@ class TrialRunLogger(tune.Callback):
         # them apart from finished ones is that they never completed.)
         self.unfinished = [t.trial_id for t in trials if t.trial_id not in self.ended]
         for trial in trials:
-            if trial.trial_id in self.runs and trial.trial_id not in self.ended:
+            if trial.trial_id in self.known and trial.trial_id not in self.ended:  # run created, or queued
                 self._end(trial, "interrupted", "the search stopped before this trial ended", "KILLED")
 
     def _end(self, trial, outcome: str, note: str, status: str, log_model: bool = False) -> None:
@@ -313,7 +319,7 @@ def reconcile(logger: TrialRunLogger, trials: list, check_histories: bool) -> in
         logged = set()
         if run is not None and check_histories:
             logged = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
-        results = [r for r in read_results(trial.path) if "epoch" in r]
+        results = [e for r in read_results(trial.path) for e in expand_epochs(r) if "epoch" in e]
         missing = [r for r in results if r["epoch"] not in logged] if check_histories or run is None else []
         consistent = run is not None and run.info.status != "RUNNING" and run.data.tags.get("hps.last_epoch") == str(last)
         if consistent and not missing:

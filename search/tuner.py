@@ -363,6 +363,7 @@ def _trainable(cfg: HpsConfig, data):
         checkpoint_every=cfg.training.checkpoint_every,
         amp=cfg.training.amp,
         compile=cfg.training.compile,
+        report_interval_s=cfg.training.report_interval_s,
         num_threads=max(1, int(cfg.resources.cpus_per_trial)),
         decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
     )
@@ -425,7 +426,10 @@ def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tu
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=cfg.search.metric,
+            # What ASHA compares at its rungs (the searcher has its own metric, above): each trial's best value so
+            # far, the quantity the leaderboard finally ranks by. The epoch's own value would stop a trial for
+            # one noisy epoch that its best epoch outranks.
+            metric=f"best_{cfg.search.metric}",
             mode=cfg.search.mode,
             search_alg=searcher,
             scheduler=scheduler,

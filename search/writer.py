@@ -32,6 +32,10 @@ PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVAL
                     "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 BACKOFF_S = (0.5, 1, 2, 5, 10)
 MAX_BATCH_METRICS, MAX_BATCH_TAGS = 1000, 100  # MLflow's limits for one log_batch
+# How long a run's metrics may wait to be merged with its next epochs' into one log_batch. Each log_batch costs
+# the tracking store ~10 ms of CPU (a query, inserts, a commit) whatever its size; short epochs would otherwise
+# make MLflow compete with the trials for the CPU (a third of the driver's CPU time in a 24-trial digits search).
+BATCH_WINDOW_S = 1.0
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Op:
     kind: str
     key: str
     args: dict[str, Any] = field(default_factory=dict)
+    queued_at: float = 0.0  # time.monotonic() at submission: this process's clock, so not kept by save_pending
 
 
 def is_permanent(exc: Exception) -> bool:
@@ -63,6 +68,7 @@ class TrackingWriter:
         self._cv = threading.Condition()
         self._busy = False
         self._closed = False
+        self._draining = False  # someone waits for the queue to empty: no batching window
         self._thread = threading.Thread(target=self._work, name="hps-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -72,7 +78,7 @@ class TrackingWriter:
         if kind == "log_artifacts":
             args["local_dir"] = self._stage(args["local_dir"], key)
         with self._cv:
-            self._queue.append(Op(kind, key, args))
+            self._queue.append(Op(kind, key, args, time.monotonic()))
             self._cv.notify_all()
 
     def _stage(self, local_dir: str, key: str) -> str:
@@ -88,11 +94,16 @@ class TrackingWriter:
         """Wait until every submitted operation is written (True) or ``timeout`` seconds pass (False)."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._queue or self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cv.wait(min(remaining, 0.5))
+            self._draining = True
+            self._cv.notify_all()
+            try:
+                while self._queue or self._busy:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cv.wait(min(remaining, 0.5))
+            finally:
+                self._draining = False
         return True
 
     def pending(self) -> list[Op]:
@@ -109,7 +120,7 @@ class TrackingWriter:
         self.close()
         ops = self.pending()
         path.write_text(json.dumps({"tracking_uri": self.tracking_uri, "runs": self.runs,
-                                    "ops": [asdict(op) for op in ops]}, indent=1))
+                                    "ops": [{**asdict(op), "queued_at": 0.0} for op in ops]}, indent=1))
         return len(ops)
 
     @classmethod
@@ -132,10 +143,15 @@ class TrackingWriter:
         attempt = 0
         while True:
             with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
+                while True:
+                    while not self._queue and not self._closed:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    wait_s = self._batch_window_left()
+                    if wait_s <= 0:
+                        break
+                    self._cv.wait(wait_s)
                 op = self._coalesce()
                 self._busy = True
             try:
@@ -164,6 +180,13 @@ class TrackingWriter:
                 self._busy = False
                 self._cv.notify_all()
 
+    def _batch_window_left(self) -> float:
+        """Seconds the head ``log_batch`` should still wait for more of its run's epochs (0: write it now)."""
+        head = self._queue[0]
+        if head.kind != "log_batch" or self._draining or self.outage_since is not None:
+            return 0.0
+        return head.queued_at + BATCH_WINDOW_S - time.monotonic()
+
     def _coalesce(self) -> Op:
         """Merge the head ``log_batch`` with later ones for the same run (one request instead of one per epoch,
         so the writer keeps up with many trials). Only ops of other runs are passed over: per run, order holds.
@@ -186,7 +209,7 @@ class TrackingWriter:
             return head
         for index in reversed(absorbed):
             del self._queue[index]
-        self._queue[0] = Op("log_batch", head.key, {"metrics": metrics, "tags": tags})
+        self._queue[0] = Op("log_batch", head.key, {"metrics": metrics, "tags": tags}, head.queued_at)
         return self._queue[0]
 
     def _execute(self, op: Op) -> None:

@@ -12,6 +12,7 @@ from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import TrialData
+from trainables.reporting import EpochBatcher
 from trainables.train import Snapshot, TrainSettings, train_trial
 
 
@@ -31,13 +32,17 @@ def tune_trainable(config: dict, data: TrialData, settings: TrainSettings) -> No
             resume = load_checkpoint(directory)
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
 
-    def report(metrics: dict, snapshot: Snapshot | None) -> None:
-        metrics = {**metrics, **placement}
+    def send(metrics: dict, snapshot: Snapshot | None) -> None:
         if snapshot is None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(directory, snapshot.state, snapshot.description)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    batcher = EpochBatcher(send, settings.report_interval_s, settings.decision_epochs)
+
+    def report(metrics: dict, snapshot: Snapshot | None) -> None:
+        batcher({**metrics, **placement}, snapshot)  # placement on every epoch: any may be a run's first
 
     train_trial(config, data, dataclasses.replace(settings, device=device), report, resume)

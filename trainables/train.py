@@ -58,6 +58,8 @@ class TrainSettings:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_threads: int = 1  # intra-op threads; follows the CPUs a trial was given
     compile: bool = False  # torch.compile the model; its compile time (~20 s on CPU) dwarfs short trials
+    # Shortest time between two reports to the scheduler; shorter epochs travel together (trainables.reporting).
+    report_interval_s: float = 0.0
     stream: bool | None = None  # keep data in host memory and move batches; None: only when it does not fit the device
 
 
