@@ -120,7 +120,7 @@ def table(results: dict) -> str:
     if "overhead" in results:
         o = results["overhead"]
         rows.append(f"| `hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, 2 at a time (s) "
-                    f"| {o['hps_wall_s']:.1f} | {o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same trainable) "
+                    f"| {o['hps_wall_s']:.1f} | {o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same configurations) "
                     f"| {o['ratio']:.2f}x | {target('overhead')} |")
     if "asha" in results:
         a = results["asha"]

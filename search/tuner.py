@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
     cfg, client, parent = search.cfg, search.client, search.parent
     quick_failing_http()
     try:
-        _init_ray(address)
+        started_ray = _init_ray(address)
         results = make_tuner().fit()
         logger = LOGGERS.pop(parent, None)
         interrupted = _was_interrupted(results, cfg, logger)
@@ -167,7 +168,7 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
             finish_search_run(client, parent, "KILLED", {"hps.status": "interrupted"})
             raise SearchInterrupted(f"search {cfg.name} was interrupted; continue it with "
                                     f"`hps resume {cfg.name}{_storage_flag(search.storage_path)}`")
-        return _finish(search, results)
+        return _finish(search, results, release_ray=started_ray)
     except (KeyboardInterrupt, SearchInterrupted, TrackingBacklog, SearchFailed):
         _end_parent_quietly(client, parent, "KILLED")
         raise
@@ -194,7 +195,7 @@ def _settle_tracking(search: _Search, logger: TrialRunLogger, results: tune.Resu
     )
 
 
-def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
+def _finish(search: _Search, results: tune.ResultGrid, release_ray: bool = False) -> SearchOutcome:
     cfg, client, parent = search.cfg, search.client, search.parent
     _remove_orphan_runs(client, parent, results)
     board = leaderboard(client, client.get_run(parent))
@@ -211,7 +212,13 @@ def _finish(search: _Search, results: tune.ResultGrid) -> SearchOutcome:
     client.set_tag(best["run_id"], "hps.best", "true")
     for result in results:  # the search is over: nothing will resume from these (the best model is in MLflow)
         prune_checkpoints(result.path)
-    _write_report(client, parent, cfg)
+    report = threading.Thread(target=_write_report, args=(client, parent, cfg), name="hps-report", daemon=True)
+    report.start()
+    if release_ray:
+        # Nothing needs Ray any more: stopping the Ray this call started (~2 s, mostly waiting for its processes
+        # to exit) overlaps drawing the review plots instead of following them at exit.
+        ray.shutdown()
+    report.join()
     finish_search_run(client, parent, "FINISHED", summary)
     return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors)
 
@@ -335,8 +342,9 @@ def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:
     filesystem.delete_dir(path)
 
 
-def _init_ray(address: str | None) -> None:
-    """Start (or join, with ``address``) Ray once per process; an already initialized Ray is reused."""
+def _init_ray(address: str | None) -> bool:
+    """Start (or join, with ``address``) Ray once per process; an already initialized Ray is reused.
+    Returns whether this call initialized it (and so may shut it down)."""
     # Tune warns on every forced experiment snapshot (one per kept-checkpoint rotation); on small trials that is
     # a warning per second which says nothing actionable to a user.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -349,9 +357,10 @@ def _init_ray(address: str | None) -> None:
     # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     if ray.is_initialized():
-        return
+        return False
     # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
     ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    return True
 
 
 def _trainable(cfg: HpsConfig, data):
