@@ -42,17 +42,17 @@ def measure(config: str, overrides: list[str], reps: int, workdir: Path) -> dict
     run of each first, so neither pays for a cold file cache. The ratio is hps wall time / Optuna wall time."""
     sets = [arg for item in overrides for arg in ("--set", item)]
     runs = []
-    for rep in range(-1, reps):  # rep -1: the warm-up pair
-        name = f"bench-overhead-{rep + 1}"
+    for pair in range(reps + 1):  # pair 0: the warm-up
+        name = f"bench-overhead-{pair}"
         hps = [*hps_command(), "run", config, "--name", name, *sets,
-               "--tracking-uri", f"sqlite:///{workdir}/overhead-{rep + 1}.db", "--storage", str(workdir / "storage"),
+               "--tracking-uri", f"sqlite:///{workdir}/overhead-{pair}.db", "--storage", str(workdir / "storage"),
                "--overwrite"]
-        hps_wall, _ = _run(hps, workdir / f"overhead-{rep + 1}-hps.log")
-        replay = workdir / f"overhead-{rep + 1}-trials.json"
+        hps_wall, _ = _run(hps, workdir / f"overhead-{pair}-hps.log")
+        replay = workdir / f"overhead-{pair}-trials.json"
         replay.write_text(json.dumps(trained_configurations(workdir / "storage", name)))
         optuna = [sys.executable, "-m", "benchmarks.optuna_baseline", config, *sets, "--replay", str(replay)]
-        optuna_wall, stdout = _run(optuna, workdir / f"overhead-{rep + 1}-optuna.log")
-        if rep < 0:
+        optuna_wall, stdout = _run(optuna, workdir / f"overhead-{pair}-optuna.log")
+        if pair == 0:
             continue
         optuna_best = json.loads(stdout.strip().splitlines()[-1])["best_value"]
         runs.append({"hps_wall_s": hps_wall, "optuna_wall_s": optuna_wall, "optuna_best": optuna_best,

@@ -14,8 +14,8 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    NonNegativeFloat,
     Field,
+    NonNegativeFloat,
     PositiveInt,
     StrictBool,
     StrictFloat,

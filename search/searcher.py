@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.reporting import expand_epochs
+from trainables.reporting import epoch_number, expand_epochs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per search says nothing
 
@@ -58,7 +58,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         for epoch in expand_epochs(result):  # one report may carry several short epochs
             value = epoch.get(self.metric)
             if value is not None and math.isfinite(value):
-                self._ot_trials[trial_id].report(float(value), int(epoch.get("epoch", epoch.get("training_iteration", 0))))
+                self._ot_trials[trial_id].report(float(value), epoch_number(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
-from trainables.reporting import expand_epochs
+from trainables.reporting import epoch_number, expand_epochs
 from search.errors import TrackingError
 from search.writer import TrackingWriter, log_params
 
@@ -207,7 +207,7 @@ class TrialRunLogger(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         key = trial.trial_id
         for epoch in expand_epochs(result):  # a report may carry earlier short epochs too
-            step = int(epoch.get("epoch", epoch.get("training_iteration", 0)))
+            step = epoch_number(epoch)
             if step <= self.last_epoch.get(key, 0):
                 continue  # replayed after a restore from an older checkpoint: the history already has this epoch
             self.last_epoch[key] = step

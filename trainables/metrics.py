@@ -36,9 +36,10 @@ def loss_function(task: str, name: str | None = None) -> nn.Module:
         return nn.CrossEntropyLoss()
     if task == "binary":
         return nn.BCEWithLogitsLoss()
-    if (name or "mse") not in REGRESSION_LOSSES:
+    name = name or "mse"
+    if name not in REGRESSION_LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(REGRESSION_LOSSES)}")
-    return REGRESSION_LOSSES[name or "mse"]()
+    return REGRESSION_LOSSES[name]()
 
 
 def loss_target(task: str, y: torch.Tensor) -> torch.Tensor:
@@ -60,11 +61,10 @@ def validation_metrics(task: str, outputs: torch.Tensor, y: torch.Tensor, target
         pred = out.reshape(-1) * target_scale
         true = y.detach().double().reshape(-1) * target_scale
         err = pred - true
-        sse, sst = (err * err).sum(), ((true - true.mean()) ** 2).sum()
-        mae, mse, sse, sst = torch.stack([err.abs().mean(), (err * err).mean(), sse, sst]).tolist()
+        mae, sse, sst = torch.stack([err.abs().mean(), (err * err).sum(), ((true - true.mean()) ** 2).sum()]).tolist()
         # scikit-learn's convention for a constant target: 1 when predicted exactly, else 0.
         r2 = 1.0 - sse / sst if sst > 0 else float(sse == 0)
-        return {"val_mae": mae, "val_rmse": math.sqrt(mse), "val_r2": r2}
+        return {"val_mae": mae, "val_rmse": math.sqrt(sse / err.numel()), "val_r2": r2}
     true = y.detach().long().reshape(-1)
     pred = (out.reshape(-1) > 0).long() if task == "binary" else out.argmax(dim=1)
     n_classes = max(int(torch.cat([true, pred]).max()) + 1 if true.numel() else 0, 2)

@@ -45,6 +45,11 @@ class EpochBatcher:
         self.send(metrics, snapshot)
 
 
+def epoch_number(result: dict) -> int:
+    """The epoch a report (or one of its held-back epochs) is about; Tune's iteration count if it names none."""
+    return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
 def expand_epochs(result: dict) -> list[dict]:
     """The epochs one report stands for, oldest first: those held back, then the report itself."""
     return [*result.get(EARLIER_EPOCHS, ()), result]
