@@ -268,8 +268,17 @@ class TrainingConfig(_Strict):
     report_interval_s: NonNegativeFloat = 1.0
 
 
+class EvaluateConfig(_Strict):
+    """What `hps evaluate` takes to the test set once the search is over."""
+
+    # 1: the single best trial by validation. k > 1: the average prediction of the k best trials (mean value, or
+    # mean class probabilities). On small tables the single best of many trials is picked on few validation rows
+    # and is partly luck; averaging the top few trials is steadier. Chosen before the test set is opened.
+    top_k: PositiveInt = 1
+
+
 class HpsConfig(_Strict):
-    """A whole search: data, search space, search strategy, scheduler, resources, tracking."""
+    """A whole search: data, search space, search strategy, scheduler, resources, tracking, training, evaluation."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     data: DataConfig
@@ -279,6 +288,7 @@ class HpsConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     training: TrainingConfig = TrainingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @property
     def experiment_name(self) -> str:

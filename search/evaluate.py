@@ -25,19 +25,24 @@ from search.config import parse_config
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
-from trainables.checkpoint import DESCRIPTION_FILE, load_model
+from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble
 from trainables.data import DataError, Preprocessor
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
 from trainables.predict import model_outputs, predict_frame, probabilities, regression_values
 
 CHAMPION = "champion"
+EVALUATED_MODEL = "evaluated_model"  # the parent run's copy of the model `hps evaluate` tested
 SERVING_CODE = Path(__file__).with_name("serving.py")
 TRAINABLES_DIR = Path(__file__).resolve().parent.parent / "trainables"
 
 
 @dataclass
 class Evaluation:
-    """What `hps evaluate` did: which trial, its validation selection, test metrics, the registered version."""
+    """What `hps evaluate` did: which trial(s), their validation selection, test metrics, the registered version.
+
+    ``trial_id``/``run_id``/``epoch`` are the best trial's; with ``top_k`` > 1 the evaluated model is the average of
+    ``members`` (best first), and ``trial_id`` lists them all.
+    """
 
     search: str
     trial_id: str
@@ -46,6 +51,7 @@ class Evaluation:
     selection: str
     n_test: int
     metrics: dict[str, float]
+    members: list[dict] = field(default_factory=list)
     registered: str = ""
     artifacts: list[str] = field(default_factory=list)
 
@@ -59,21 +65,30 @@ def recorded_config(client: MlflowClient, parent: Run):
         return parse_config(yaml.safe_load(Path(path).read_text()))
 
 
-def choose_trial(board: pd.DataFrame, metric: str) -> pd.Series:
-    """The best trial with a model by ``metric`` at its kept (best-validation) epoch."""
+def choose_trials(board: pd.DataFrame, metric: str, k: int = 1) -> pd.DataFrame:
+    """The ``k`` best trials (fewer if fewer finished) by ``metric`` at their kept (best-validation) epoch."""
     column = metric if metric in board.columns else f"best_{metric}"
     if column not in board.columns:
         raise DataError(f"metric {metric!r} was not recorded for this search")
     usable = board[(board["outcome"] != "failed") & board[column].notna()]
     if usable.empty:
         raise ModelNotFound("no trial of this search finished with a usable result")
-    return usable.sort_values(column, ascending=metric_mode(metric) == "min", kind="stable").iloc[0]
+    return usable.sort_values(column, ascending=metric_mode(metric) == "min", kind="stable").head(k)
+
+
+def choose_trial(board: pd.DataFrame, metric: str) -> pd.Series:
+    """The best trial with a model by ``metric`` at its kept (best-validation) epoch."""
+    return choose_trials(board, metric, 1).iloc[0]
 
 
 def evaluate_search(
-    tracking_uri: str, name: str, metric: str | None = None, force: bool = False, register_as: str | None = None
+    tracking_uri: str, name: str, metric: str | None = None, force: bool = False, register_as: str | None = None,
+    top_k: int | None = None,
 ) -> Evaluation:
-    """Evaluate the best trial of search ``name`` on its test split, log the results, register the model."""
+    """Evaluate the best trial of search ``name`` (or the average of its ``top_k`` best) on its test split, log the
+    results on the search's parent run and register the evaluated model."""
+    if top_k is not None and top_k < 1:
+        raise DataError(f"--top-k must be >= 1, got {top_k}")
     client = MlflowClient(tracking_uri)
     parent = find_search_run(client, name)
     tags = parent.data.tags
@@ -85,7 +100,7 @@ def evaluate_search(
         )
     cfg = recorded_config(client, parent)
     metric = metric or tags.get("hps.metric", cfg.search.metric)
-    chosen = choose_trial(leaderboard(client, parent), metric)
+    chosen = choose_trials(leaderboard(client, parent), metric, top_k or cfg.evaluate.top_k)
 
     split = split_from_config(cfg)
     if split.fingerprint != tags.get("hps.split_fingerprint"):
@@ -94,10 +109,7 @@ def evaluate_search(
             f"{tags.get('hps.split_fingerprint')}); refusing to evaluate on a different test set"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            model_dir = client.download_artifacts(chosen["run_id"], "model", tmp)
-        except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
-            raise ModelNotFound(f"trial {chosen['trial']} has no model artifact ({exc}); was log_models none?") from None
+        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp))
         model, description = load_model(model_dir)
         prep = Preprocessor.from_dict(description["preprocessor"])
         rows, target = split.test_rows()
@@ -115,22 +127,57 @@ def evaluate_search(
             plots.confusion_matrix(y_true, probs.argmax(axis=1), prep.classes, out_dir / "confusion_matrix.png")
             plots.per_class_report(y_true, probs.argmax(axis=1), prep.classes).to_csv(out_dir / "per_class_report.csv")
 
-        search_metric = tags.get("hps.metric", cfg.search.metric)
-        selection = (
-            f"{chosen['trial']}: best {search_metric} {chosen[f'best_{search_metric}']:.6g} "
-            f"at epoch {int(chosen['best_epoch'])}"
-        )
+        best = members[0]
         evaluation = Evaluation(
-            search=name, trial_id=chosen["trial"], run_id=chosen["run_id"], epoch=int(chosen["best_epoch"]),
-            selection=selection, n_test=len(rows), metrics=metrics,
+            search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
+            selection=_describe_selection(members, metric), n_test=len(rows), metrics=metrics, members=members,
         )
         use = int(tags.get("hps.test_uses", "0")) + 1
         _record_use(client, parent, evaluation, use, force, out_dir)
+        client.log_artifacts(parent.info.run_id, str(model_dir), artifact_path=EVALUATED_MODEL)
         evaluation.artifacts = sorted(p.name for p in out_dir.iterdir())
         evaluation.registered = register_champion(
-            client, tracking_uri, parent, Path(model_dir), prep, rows, model, register_as or cfg.tracking.registered_model or name
+            client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name
         )
     return evaluation
+
+
+def _evaluated_model(client: MlflowClient, chosen: pd.DataFrame, metric: str, tmp: Path) -> tuple[Path, list[dict]]:
+    """Download the chosen trials' models; one trial's model folder as it is, several as an ensemble folder.
+
+    Returns the folder and a record per member (trial, run, kept epoch, its validation value), best first.
+    """
+    members, folders, preprocessors = [], [], []
+    for index, (_, row) in enumerate(chosen.iterrows()):
+        try:
+            folder = Path(client.download_artifacts(row["run_id"], "model", str(tmp / f"download_{index}")))
+        except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
+            raise ModelNotFound(f"trial {row['trial']} has no model artifact ({exc}); was log_models none?") from None
+        description = json.loads((folder / DESCRIPTION_FILE).read_text())
+        preprocessors.append(description["preprocessor"])
+        folders.append(folder)
+        members.append({"trial": row["trial"], "run_id": row["run_id"], "epoch": int(row["best_epoch"]),
+                        metric: float(row[metric if metric in row else f"best_{metric}"])})
+    if len(folders) == 1:
+        return folders[0], members
+    # Every trial of a search trains on the same split with the same fitted preprocessing; averaging models that
+    # disagree on it would silently mix feature encodings.
+    if any(p != preprocessors[0] for p in preprocessors[1:]):
+        raise DataError("the chosen trials were trained with different preprocessing; evaluate with --top-k 1")
+    ensemble_dir = tmp / "ensemble"
+    save_ensemble(ensemble_dir, folders, {"preprocessor": preprocessors[0], "members": members})
+    return ensemble_dir, members
+
+
+def _describe_selection(members: list[dict], metric: str) -> str:
+    """``trial: val_mae 1.9 at epoch 12``, or ``mean of the top 3 trials by val_mae: a (1.9 at epoch 12), ...``."""
+    def one(m: dict) -> str:
+        return f"{m[metric]:.6g} at epoch {m['epoch']}"
+
+    if len(members) == 1:
+        return f"{members[0]['trial']}: {metric} {one(members[0])}"
+    listed = ", ".join(f"{m['trial']} ({one(m)})" for m in members)
+    return f"mean of the top {len(members)} trials by {metric}: {listed}"
 
 
 def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, forced: bool, out_dir: Path) -> None:
@@ -139,7 +186,8 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
     main = next((k for k in ("test_accuracy", "test_mae") if k in ev.metrics), next(iter(ev.metrics)))
     summary = f"{main}={ev.metrics[main]:.4g}"
     record = {"use": use, "at": now, "forced": forced, "trial_id": ev.trial_id, "run_id": ev.run_id,
-              "epoch": ev.epoch, "selection": ev.selection, "n_test": ev.n_test, "metrics": ev.metrics}
+              "epoch": ev.epoch, "selection": ev.selection, "members": ev.members, "n_test": ev.n_test,
+              "metrics": ev.metrics}
     (out_dir / f"evaluation_{use}.json").write_text(json.dumps(record, indent=2))
     stamp = int(dt.datetime.now().timestamp() * 1000)
     client.log_batch(
@@ -148,6 +196,7 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
         tags=[RunTag(k, str(v)) for k, v in {
             "hps.test_evaluated_at": now, "hps.test_uses": use, "hps.test_trial_id": ev.trial_id,
             "hps.test_run_id": ev.run_id, "hps.test_epoch": ev.epoch, "hps.test_selection": ev.selection,
+            "hps.test_top_k": len(ev.members),
             "hps.test_summary": summary,
         }.items()],
     )
@@ -196,7 +245,8 @@ def _version(module: str) -> str:
 
 
 def resolve_model(client: MlflowClient, reference: str, directory: str) -> tuple:
-    """Download and rebuild a model from ``models:/NAME@alias``, ``runs:/ID/PATH`` or a search name.
+    """Download and rebuild a model from ``models:/NAME@alias``, ``runs:/ID/PATH`` or a search name (the model
+    `hps evaluate` tested, or before that the best trial's).
 
     Only the JSON description and the weights are read (``weights_only=True``): nothing from the artifact store
     is executed or unpickled.
@@ -207,16 +257,27 @@ def resolve_model(client: MlflowClient, reference: str, directory: str) -> tuple
         except MlflowException as exc:
             raise ModelNotFound(f"{reference}: {exc.message.splitlines()[0]}") from None
     else:
-        parent = find_search_run(client, reference)
-        run_id = parent.data.tags.get("hps.test_run_id") or parent.data.tags.get("hps.best_run_id")
-        if not run_id:
-            raise ModelNotFound(f"search {reference!r} has no best trial with a model")
-        local = client.download_artifacts(run_id, "model", directory)
+        local = _search_model(client, reference, directory)
     found = sorted(Path(local).rglob(DESCRIPTION_FILE))
     if not found:
         raise ModelNotFound(f"{reference} holds no hps model ({DESCRIPTION_FILE} not found)")
-    model, description = load_model(found[0].parent)
+    # The outermost description is the model; deeper ones are an ensemble's members.
+    model, description = load_model(min(found, key=lambda path: len(path.parts)).parent)
     return model, Preprocessor.from_dict(description["preprocessor"])
+
+
+def _search_model(client: MlflowClient, name: str, directory: str) -> str:
+    """A search's model: the one `hps evaluate` tested (a copy on the parent run), else its best trial's."""
+    parent = find_search_run(client, name)
+    if parent.data.tags.get("hps.test_evaluated_at"):
+        try:
+            return client.download_artifacts(parent.info.run_id, EVALUATED_MODEL, directory)
+        except Exception:  # noqa: BLE001 - evaluated before this copy existed: its tags name the trial
+            pass
+    run_id = parent.data.tags.get("hps.test_run_id") or parent.data.tags.get("hps.best_run_id")
+    if not run_id:
+        raise ModelNotFound(f"search {name!r} has no best trial with a model")
+    return client.download_artifacts(run_id, "model", directory)
 
 
 def predict_file(tracking_uri: str, reference: str, input_csv: str, output_csv: str) -> int:

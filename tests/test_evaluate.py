@@ -16,10 +16,12 @@ from mlflow.tracking import MlflowClient
 from search.cli import main
 from search.config import parse_config
 from search.errors import AlreadyEvaluated, ModelNotFound
-from search.evaluate import evaluate_search, predict_file
+from search.dataset import split_from_config
+from search.evaluate import evaluate_search, predict_file, resolve_model
 from search.tuner import run_search
 from tests.conftest import load_yaml, shrink
 from trainables.data import DataError
+from trainables.predict import predict_frame
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +164,40 @@ def test_classifier_evaluation_registry_alias_and_pyfunc(binary_search, mlflow_s
     predicted = mlflow.pyfunc.load_model("models:/bc-classifier@champion").predict(rows)
     assert set(predicted["prediction"]) <= {"malignant", "benign"}
     assert np.allclose(predicted[["proba_malignant", "proba_benign"]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_top_k_evaluates_and_registers_the_average_of_the_best_trials(csv_search, mlflow_server, tmp_path, capsys):
+    cfg, outcome, _, _ = csv_search
+    client = MlflowClient(mlflow_server)
+    assert main(["evaluate", "eval-cars", "--top-k", "0", "--tracking-uri", mlflow_server]) == 2
+    assert "--top-k must be >= 1" in capsys.readouterr().err
+
+    assert main(["evaluate", "eval-cars", "--force", "--top-k", "3", "--tracking-uri", mlflow_server]) == 0
+    assert "mean of the top 3 trials by val_mae" in capsys.readouterr().out
+    parent = client.get_run(outcome.parent_run_id)
+    board = outcome.leaderboard
+    top3 = board[board["outcome"] != "failed"].sort_values("best_val_mae").head(3)
+    assert parent.data.tags["hps.test_trial_id"] == ",".join(top3["trial"])
+    assert parent.data.tags["hps.test_top_k"] == "3"
+
+    # The test metric is the MAE of the mean of the three members' own predictions, computed here independently.
+    rows, target = split_from_config(cfg).test_rows()
+    member_predictions = []
+    for run_id in top3["run_id"]:
+        model, prep = resolve_model(client, f"runs:/{run_id}/model", str(tmp_path / run_id))
+        member_predictions.append(predict_frame(model, prep, rows)["prediction"].to_numpy())
+    mean_prediction = np.mean(member_predictions, axis=0)
+    expected_mae = float(np.mean(np.abs(mean_prediction - target.to_numpy(dtype=float))))
+    assert parent.data.metrics["test_mae"] == pytest.approx(expected_mae, rel=1e-5)
+
+    # What was evaluated is what the registry, the search name and the pyfunc now serve.
+    mlflow.set_tracking_uri(mlflow_server)
+    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(
+        rows.reset_index(drop=True).astype({"cylinders": "float64"}))  # the signature declares doubles (gaps allowed)
+    assert np.allclose(served["prediction"], mean_prediction, rtol=1e-5)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    predict_file(mlflow_server, "eval-cars", str(tmp_path / "rows.csv"), str(tmp_path / "by_name.csv"))
+    assert np.allclose(pd.read_csv(tmp_path / "by_name.csv")["prediction"], mean_prediction, rtol=1e-5)
+    record = json.loads(open(client.download_artifacts(
+        parent.info.run_id, f"test/evaluation_{parent.data.tags['hps.test_uses']}.json", str(tmp_path))).read())
+    assert [m["trial"] for m in record["members"]] == list(top3["trial"])

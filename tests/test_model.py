@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.model import Architecture, architecture_from_params, build_mlp, hidden_sizes
+from trainables.model import Architecture, Ensemble, architecture_from_params, build_mlp, hidden_sizes
 
 
 def test_hidden_block_order_is_linear_norm_activation_dropout():
@@ -33,3 +33,39 @@ def test_per_layer_units_and_defaults_from_params():
 def test_unknown_activation_is_an_error():
     with pytest.raises(ValueError, match="activation"):
         build_mlp(Architecture(2, 1, (3,), activation="swish"))
+
+
+def _members(n_outputs: int, count: int = 3) -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [build_mlp(Architecture(n_features=4, n_outputs=n_outputs, hidden=(8,))).eval() for _ in range(count)]
+
+
+def test_ensemble_regression_is_the_mean_output():
+    members, x = _members(1), torch.randn(6, 4)
+    expected = torch.stack([m(x) for m in members]).mean(dim=0)
+    assert torch.allclose(Ensemble(members, "regression")(x), expected, atol=1e-6)
+
+
+def test_ensemble_classifiers_average_probabilities_not_logits():
+    x = torch.randn(6, 4)
+    members = _members(3)
+    mean_probs = torch.stack([torch.softmax(m(x), dim=1) for m in members]).mean(dim=0)
+    assert torch.allclose(torch.softmax(Ensemble(members, "multiclass")(x), dim=1), mean_probs, atol=1e-6)
+    members = _members(1)
+    mean_p = torch.stack([torch.sigmoid(m(x)) for m in members]).mean(dim=0)
+    assert torch.allclose(torch.sigmoid(Ensemble(members, "binary")(x)), mean_p, atol=1e-6)
+
+
+def test_ensemble_of_saturated_binary_members_stays_finite():
+    sure_yes, sure_no = nn.Linear(4, 1), nn.Linear(4, 1)
+    for layer, bias in ((sure_yes, 200.0), (sure_no, -200.0)):
+        nn.init.zeros_(layer.weight)
+        nn.init.constant_(layer.bias, bias)
+    logits = Ensemble([sure_yes, sure_no], "binary")(torch.randn(3, 4))
+    assert torch.isfinite(logits).all()
+    assert torch.allclose(torch.sigmoid(logits), torch.full((3, 1), 0.5))  # one sure yes + one sure no = a coin
+
+
+def test_ensemble_needs_members():
+    with pytest.raises(ValueError, match="at least one"):
+        Ensemble([], "regression")

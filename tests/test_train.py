@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint
+from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint, save_ensemble
 from trainables.data import split_dataset
 from trainables.train import TrainSettings, train_trial
 
@@ -94,6 +95,29 @@ def test_best_epoch_model_is_saved_and_rebuilt(datasets, tmp_path):
     with torch.inference_mode():
         out = model(torch.tensor(data.x_val))
     assert out.shape == (len(data.x_val), 3)
+
+
+def test_ensemble_artifact_round_trip(datasets, tmp_path):
+    data = datasets["wine"].trial_data()
+    folders = []
+    for seed in (1, 2):
+        snapshot = [s for _, s in run(data, epochs=2, seed=seed) if s is not None][-1]
+        save_checkpoint(tmp_path / f"trial{seed}", snapshot.state, snapshot.description)
+        folders.append(tmp_path / f"trial{seed}" / "model")
+    prep = json.loads((folders[0] / "model.json").read_text())["preprocessor"]
+    save_ensemble(tmp_path / "ensemble", folders, {"preprocessor": prep})
+    ensemble, description = load_model(tmp_path / "ensemble")
+    x = torch.tensor(data.x_val)
+    with torch.inference_mode():
+        mean_probs = torch.stack([torch.softmax(load_model(f)[0](x), dim=1) for f in folders]).mean(dim=0)
+        assert torch.allclose(torch.softmax(ensemble(x), dim=1), mean_probs, atol=1e-6)
+    assert description["ensemble"] == ["member_0", "member_1"] and description["preprocessor"] == prep
+
+
+def test_ensemble_member_names_cannot_leave_the_artifact(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"ensemble": ["../elsewhere"], "preprocessor": {"task": "binary"}}))
+    with pytest.raises(ValueError, match="invalid ensemble member"):
+        load_model(tmp_path)
 
 
 def test_diverging_loss_ends_the_trial_with_a_reason(datasets):

@@ -9,12 +9,13 @@ A checkpoint directory holds ``state.pt`` (weights, optimizer state, epoch, best
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainables.model import Architecture, build_mlp
+from trainables.model import Architecture, Ensemble, build_mlp
 
 STATE_FILE = "state.pt"
 MODEL_DIR = "model"
@@ -48,10 +49,36 @@ def save_model(directory: str | Path, weights: dict, description: dict) -> None:
     (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
 
 
+def save_ensemble(directory: str | Path, member_dirs: list[Path], description: dict) -> None:
+    """Write an ensemble model artifact: each member's model folder copied to ``member_<i>/``, and a JSON
+    description naming them (plus the shared preprocessing and where each member came from)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index, member in enumerate(member_dirs):
+        name = f"member_{index}"
+        shutil.copytree(member, directory / name)
+        names.append(name)
+    (directory / DESCRIPTION_FILE).write_text(json.dumps({**description, "ensemble": names}, indent=2))
+
+
 def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model from a model artifact directory; returns the network (eval mode) and its description."""
+    """Rebuild a model from a model artifact directory; returns the network (eval mode) and its description.
+
+    An ensemble artifact (see :func:`save_ensemble`) comes back as one :class:`~trainables.model.Ensemble`.
+    """
     directory = Path(directory)
     description = json.loads((directory / DESCRIPTION_FILE).read_text())
+    if "ensemble" in description:
+        members = [load_model(directory / _member_name(name))[0] for name in description["ensemble"]]
+        return Ensemble(members, description["preprocessor"]["task"]).eval(), description
     model = build_mlp(Architecture.from_dict(description["architecture"]))
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
     return model.eval(), description
+
+
+def _member_name(name: str) -> str:
+    # The description comes from an artifact store: a member is a plain folder name, never a path out of it.
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"invalid ensemble member name {name!r} in {DESCRIPTION_FILE}")
+    return name

@@ -7,8 +7,11 @@ plus a weights file, never from a pickle.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -82,3 +85,32 @@ def build_mlp(arch: Architecture) -> nn.Sequential:
         width = units
     layers.append(nn.Linear(width, arch.n_outputs))
     return nn.Sequential(*layers)
+
+
+class Ensemble(nn.Module):
+    """The average prediction of several trained networks (the top trials of a search).
+
+    Its output has the same meaning as one member's, so everything downstream (probabilities, decoding) is
+    unchanged: the mean for a regression; for classifiers, logits whose softmax/sigmoid is the *mean of the members'
+    probabilities* (averaging probabilities, not logits, keeps one over-confident member from dominating).
+    """
+
+    def __init__(self, members: list[nn.Module], task: str) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.task = task
+
+    def forward(self, x):  # noqa: D102 - see the class docstring
+        outputs = torch.stack([member(x) for member in self.members])
+        log_k = math.log(len(self.members))
+        if self.task == "regression":
+            return outputs.mean(dim=0)
+        if self.task == "binary":
+            # logit(mean σ(z)) = log mean σ(z) − log mean σ(−z), in log space so saturated members stay finite
+            log_p = torch.logsumexp(F.logsigmoid(outputs), dim=0) - log_k
+            log_q = torch.logsumexp(F.logsigmoid(-outputs), dim=0) - log_k
+            return log_p - log_q
+        # log of the mean probability: its softmax is that mean probability
+        return torch.logsumexp(F.log_softmax(outputs, dim=-1), dim=0) - log_k
