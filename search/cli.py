@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from search.evaluate import evaluate_search
 
     ev = evaluate_search(args.tracking_uri, args.name, metric=args.metric, force=args.force,
-                         register_as=args.register_as, top_k=args.top_k)
+                         register_as=args.register_as, top_k=args.top_k, refit=args.refit)
     print(f"chose {'trial ' if len(ev.members) == 1 else ''}{ev.selection}")
     print(f"test set: {ev.n_test} rows, never seen during the search")
     for key, value in ev.metrics.items():
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metric", help="validation metric to pick the trial by (default: the search's)")
     evaluate.add_argument("--top-k", type=int, metavar="K",
                           help="average the K best trials by validation (default: evaluate.top_k of the config, 1)")
+    evaluate.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                          help="retrain the chosen configuration(s) on train+validation before the test "
+                               "(default: evaluate.refit of the config, off)")
     evaluate.add_argument("--force", action="store_true", help="evaluate again although the test set was already used")
     evaluate.add_argument("--register-as", help="Model Registry name (default: tracking.registered_model or the search name)")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -275,6 +275,11 @@ class EvaluateConfig(_Strict):
     # mean class probabilities). On small tables the single best of many trials is picked on few validation rows
     # and is partly luck; averaging the top few trials is steadier. Chosen before the test set is opened.
     top_k: PositiveInt = 1
+    # Retrain each chosen configuration on training + validation rows (preprocessing fitted again on them) for the
+    # number of epochs at which its validation value was best, then evaluate that: the course notes' "recombine the
+    # sets and retrain, but don't change it according to test metrics" (the test split still stays out). With
+    # nothing held out there is no early stopping on the refit; the epoch count comes from the search.
+    refit: bool = False
 
 
 class HpsConfig(_Strict):

@@ -25,10 +25,11 @@ from search.config import parse_config
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
-from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble
-from trainables.data import DataError, Preprocessor
+from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
+from trainables.data import DataError, Preprocessor, TrialData
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
 from trainables.predict import model_outputs, predict_frame, probabilities, regression_values
+from trainables.train import train_epochs
 
 CHAMPION = "champion"
 EVALUATED_MODEL = "evaluated_model"  # the parent run's copy of the model `hps evaluate` tested
@@ -52,6 +53,7 @@ class Evaluation:
     n_test: int
     metrics: dict[str, float]
     members: list[dict] = field(default_factory=list)
+    refit: bool = False  # the members were retrained on train + validation before the test
     registered: str = ""
     artifacts: list[str] = field(default_factory=list)
 
@@ -83,10 +85,11 @@ def choose_trial(board: pd.DataFrame, metric: str) -> pd.Series:
 
 def evaluate_search(
     tracking_uri: str, name: str, metric: str | None = None, force: bool = False, register_as: str | None = None,
-    top_k: int | None = None,
+    top_k: int | None = None, refit: bool | None = None,
 ) -> Evaluation:
-    """Evaluate the best trial of search ``name`` (or the average of its ``top_k`` best) on its test split, log the
-    results on the search's parent run and register the evaluated model."""
+    """Evaluate the best trial of search ``name`` (or the average of its ``top_k`` best; each retrained on train +
+    validation first with ``refit``) on its test split, log the results on the search's parent run and register
+    the evaluated model. ``top_k``/``refit`` default to the search config's ``evaluate`` section."""
     if top_k is not None and top_k < 1:
         raise DataError(f"--top-k must be >= 1, got {top_k}")
     client = MlflowClient(tracking_uri)
@@ -108,8 +111,10 @@ def evaluate_search(
             f"the data or its split changed since the search (fingerprint {split.fingerprint} != recorded "
             f"{tags.get('hps.split_fingerprint')}); refusing to evaluate on a different test set"
         )
+    refit = cfg.evaluate.refit if refit is None else refit
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp))
+        refit_data = split.refit_data() if refit else None
+        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data, cfg.search.seed)
         model, description = load_model(model_dir)
         prep = Preprocessor.from_dict(description["preprocessor"])
         rows, target = split.test_rows()
@@ -130,7 +135,8 @@ def evaluate_search(
         best = members[0]
         evaluation = Evaluation(
             search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
-            selection=_describe_selection(members, metric), n_test=len(rows), metrics=metrics, members=members,
+            selection=_describe_selection(members, metric, refit_data), n_test=len(rows), metrics=metrics,
+            members=members, refit=refit,
         )
         use = int(tags.get("hps.test_uses", "0")) + 1
         _record_use(client, parent, evaluation, use, force, out_dir)
@@ -142,8 +148,11 @@ def evaluate_search(
     return evaluation
 
 
-def _evaluated_model(client: MlflowClient, chosen: pd.DataFrame, metric: str, tmp: Path) -> tuple[Path, list[dict]]:
-    """Download the chosen trials' models; one trial's model folder as it is, several as an ensemble folder.
+def _evaluated_model(
+    client: MlflowClient, chosen: pd.DataFrame, metric: str, tmp: Path, refit_data: TrialData | None, seed: int,
+) -> tuple[Path, list[dict]]:
+    """Download the chosen trials' models (retrained on ``refit_data`` if given); one model folder as it is,
+    several as an ensemble folder.
 
     Returns the folder and a record per member (trial, run, kept epoch, its validation value), best first.
     """
@@ -154,6 +163,8 @@ def _evaluated_model(client: MlflowClient, chosen: pd.DataFrame, metric: str, tm
         except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
             raise ModelNotFound(f"trial {row['trial']} has no model artifact ({exc}); was log_models none?") from None
         description = json.loads((folder / DESCRIPTION_FILE).read_text())
+        if refit_data is not None:
+            folder, description = _refit(row["trial"], description, refit_data, seed, tmp / f"refit_{index}")
         preprocessors.append(description["preprocessor"])
         folders.append(folder)
         members.append({"trial": row["trial"], "run_id": row["run_id"], "epoch": int(row["best_epoch"]),
@@ -169,15 +180,31 @@ def _evaluated_model(client: MlflowClient, chosen: pd.DataFrame, metric: str, tm
     return ensemble_dir, members
 
 
-def _describe_selection(members: list[dict], metric: str) -> str:
+def _refit(trial: str, description: dict, data: TrialData, seed: int, folder: Path) -> tuple[Path, dict]:
+    """Retrain a trial's configuration on ``data`` for its kept epoch count; save it as a model folder."""
+    epochs = max(1, int(description.get("epoch", 1)))
+    try:
+        arch, weights = train_epochs(description["params"], data, epochs, seed)
+    except FloatingPointError as exc:
+        raise ModelNotFound(
+            f"retraining trial {trial} on train+validation failed ({exc}); evaluate with --no-refit") from None
+    refitted = {"architecture": arch.to_dict(), "preprocessor": data.preprocessor, "params": description["params"],
+                "epoch": epochs, "refit": {"trial": trial, "rows": len(data.x_train)}}
+    save_model(folder, weights, refitted)
+    return folder, refitted
+
+
+def _describe_selection(members: list[dict], metric: str, refit_data: TrialData | None = None) -> str:
     """``trial: val_mae 1.9 at epoch 12``, or ``mean of the top 3 trials by val_mae: a (1.9 at epoch 12), ...``."""
     def one(m: dict) -> str:
         return f"{m[metric]:.6g} at epoch {m['epoch']}"
 
+    refit = ("" if refit_data is None else
+             f", retrained on train+validation ({len(refit_data.x_train)} rows) for that many epochs")
     if len(members) == 1:
-        return f"{members[0]['trial']}: {metric} {one(members[0])}"
+        return f"{members[0]['trial']}: {metric} {one(members[0])}{refit}"
     listed = ", ".join(f"{m['trial']} ({one(m)})" for m in members)
-    return f"mean of the top {len(members)} trials by {metric}: {listed}"
+    return f"mean of the top {len(members)} trials by {metric}: {listed}{refit}"
 
 
 def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, forced: bool, out_dir: Path) -> None:
@@ -186,7 +213,8 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
     main = next((k for k in ("test_accuracy", "test_mae") if k in ev.metrics), next(iter(ev.metrics)))
     summary = f"{main}={ev.metrics[main]:.4g}"
     record = {"use": use, "at": now, "forced": forced, "trial_id": ev.trial_id, "run_id": ev.run_id,
-              "epoch": ev.epoch, "selection": ev.selection, "members": ev.members, "n_test": ev.n_test,
+              "epoch": ev.epoch, "selection": ev.selection, "members": ev.members, "refit": ev.refit,
+              "n_test": ev.n_test,
               "metrics": ev.metrics}
     (out_dir / f"evaluation_{use}.json").write_text(json.dumps(record, indent=2))
     stamp = int(dt.datetime.now().timestamp() * 1000)
@@ -196,7 +224,7 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
         tags=[RunTag(k, str(v)) for k, v in {
             "hps.test_evaluated_at": now, "hps.test_uses": use, "hps.test_trial_id": ev.trial_id,
             "hps.test_run_id": ev.run_id, "hps.test_epoch": ev.epoch, "hps.test_selection": ev.selection,
-            "hps.test_top_k": len(ev.members),
+            "hps.test_top_k": len(ev.members), "hps.test_refit": ev.refit,
             "hps.test_summary": summary,
         }.items()],
     )

@@ -91,6 +91,18 @@ def test_preprocessing_is_fitted_on_training_rows_only(car_csv):
     assert data.y_train.dtype == np.float32 and abs(float(data.y_train.mean())) < 1e-5
 
 
+def test_refit_data_pools_train_and_validation_and_refits_preprocessing(car_csv):
+    split = split_csv(car_csv)
+    data = split.refit_data()
+    pooled = np.sort(np.concatenate([split.train_idx, split.val_idx]))
+    rows = split.table.features.iloc[pooled]
+    assert len(data.x_train) == len(pooled) and len(data.x_val) == 0 and not set(pooled) & set(split.test_idx)
+    assert data.preprocessor["fill"]["weight"] == pytest.approx(rows["weight"].median())
+    assert data.preprocessor["target_mean"] == pytest.approx(split.table.target.iloc[pooled].mean())
+    assert np.allclose(data.x_train[:, :2].mean(axis=0), 0, atol=1e-5)
+    assert split.preprocessor.to_dict() != data.preprocessor  # the search's own preprocessing is untouched
+
+
 def test_missing_values_are_imputed(car_csv):
     prep = split_csv(car_csv).preprocessor
     rows = pd.DataFrame({"weight": [np.nan], "cylinders": [4], "color": [None], "kind": ["a"]})

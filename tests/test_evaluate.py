@@ -201,3 +201,31 @@ def test_top_k_evaluates_and_registers_the_average_of_the_best_trials(csv_search
     record = json.loads(open(client.download_artifacts(
         parent.info.run_id, f"test/evaluation_{parent.data.tags['hps.test_uses']}.json", str(tmp_path))).read())
     assert [m["trial"] for m in record["members"]] == list(top3["trial"])
+
+
+def test_refit_retrains_the_chosen_configurations_on_train_and_validation(csv_search, mlflow_server, tmp_path, capsys):
+    cfg, outcome, _, _ = csv_search
+    assert main(["evaluate", "eval-cars", "--force", "--top-k", "2", "--refit", "--tracking-uri", mlflow_server]) == 0
+    split = split_from_config(cfg)
+    pooled = np.concatenate([split.train_idx, split.val_idx])
+    assert f"retrained on train+validation ({len(pooled)} rows)" in capsys.readouterr().out
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["hps.test_refit"] == "True"
+
+    # The registered model is the retrained pair: preprocessing fitted on the pooled rows, each member trained for
+    # the epoch count at which its trial was best on validation.
+    model, prep = resolve_model(client, "models:/eval-cars@champion", str(tmp_path / "champion"))
+    assert prep.target_mean == pytest.approx(split.table.target.iloc[pooled].mean())
+    assert prep.fill["horsepower"] == pytest.approx(split.table.features.iloc[pooled]["horsepower"].median())
+    best = outcome.leaderboard[outcome.leaderboard["outcome"] != "failed"].sort_values("best_val_mae").iloc[0]
+    member = json.loads(open(client.download_artifacts(
+        parent.info.run_id, "evaluated_model/member_0/model.json", str(tmp_path))).read())
+    assert member["refit"] == {"trial": best["trial"], "rows": len(pooled)}
+    assert member["epoch"] == max(1, int(best["best_epoch"]))
+
+    # The logged test metric is that model's, on the test rows.
+    rows, target = split.test_rows()
+    predicted = predict_frame(model, prep, rows)["prediction"].to_numpy()
+    expected_mae = float(np.mean(np.abs(predicted - target.to_numpy(dtype=float))))
+    assert parent.data.metrics["test_mae"] == pytest.approx(expected_mae, rel=1e-5)

@@ -11,7 +11,8 @@ import torch
 
 from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint, save_ensemble
 from trainables.data import split_dataset
-from trainables.train import TrainSettings, train_trial
+from trainables.model import build_mlp
+from trainables.train import TrainSettings, train_epochs, train_trial
 
 PARAMS = {"n_layers": 2, "units": 32, "lr": 3e-3, "optimizer": "adam", "batch_size": 32, "norm": "batch", "dropout": 0.1}
 
@@ -127,6 +128,27 @@ def test_diverging_loss_ends_the_trial_with_a_reason(datasets):
     assert "training loss became" in last["diverged"] and f"epoch {last['epoch']}" in last["diverged"]
     assert last["val_loss"] == math.inf and not last["finished"] and snapshot is None
     assert len(reports) < 20
+
+
+def test_train_epochs_trains_exactly_that_long_and_is_repeatable(datasets):
+    data = datasets["wine"].refit_data()
+    arch, weights = train_epochs(PARAMS, data, epochs=3, base_seed=7)
+    _, again = train_epochs(PARAMS, data, epochs=3, base_seed=7)
+    _, longer = train_epochs(PARAMS, data, epochs=4, base_seed=7)
+    assert arch.n_features == data.x_train.shape[1] and arch.n_outputs == 3
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert not all(torch.equal(weights[k], longer[k]) for k in weights)
+    model = build_mlp(arch)
+    model.load_state_dict(weights)
+    with torch.inference_mode():
+        accuracy = (model.eval()(torch.tensor(data.x_train)).argmax(dim=1).numpy() == data.y_train).mean()
+    assert accuracy > 0.8  # it learned the rows it was given
+
+
+def test_train_epochs_refuses_to_return_a_diverged_model(datasets):
+    params = {**PARAMS, "lr": 1e6, "optimizer": "sgd", "momentum": 0.9, "norm": "none"}
+    with pytest.raises(FloatingPointError, match="training loss became"):
+        train_epochs(params, datasets["diabetes"].refit_data(), epochs=20)
 
 
 def test_maximized_metric_tracks_the_highest_value(datasets):

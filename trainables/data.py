@@ -510,6 +510,17 @@ class SplitDataset:
             preprocessor=prep.to_dict(),
         )
 
+    def refit_data(self) -> TrialData:
+        """Training and validation rows pooled, with preprocessing fitted again on them: what a chosen configuration
+        is retrained on before its one test evaluation. The test split still never enters."""
+        rows = np.sort(np.concatenate([self.train_idx, self.val_idx]))
+        feats, target = self.table.features.iloc[rows], self.table.target.iloc[rows]
+        prep = Preprocessor.fit(feats, target, self.task, self.table.class_names, impute=self.preprocessor.impute,
+                                standardize=self.table.standardize)
+        x, y = prep.transform_features(feats), prep.transform_target(target)
+        # No rows are held out any more: the validation arrays are empty, nothing may be selected on them.
+        return TrialData(x_train=x, y_train=y, x_val=x[:0], y_val=y[:0], preprocessor=prep.to_dict())
+
     def test_rows(self) -> tuple[pd.DataFrame, pd.Series]:
         """The test split as raw rows: features before any preprocessing, and the original target values."""
         return self.table.features.iloc[self.test_idx], self.table.target.iloc[self.test_idx]

@@ -21,7 +21,7 @@ from torch import nn
 
 from trainables.data import TrialData
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
-from trainables.model import architecture_from_params, build_mlp
+from trainables.model import Architecture, architecture_from_params, build_mlp
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
@@ -100,15 +100,9 @@ def train_trial(
     If the training loss stops being finite the trial ends with a last report carrying ``diverged`` (the reason).
     """
     device = torch.device(settings.device)
-    seed = trial_seed(params, settings.seed)
-    torch.manual_seed(seed)
+    seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device)
     task = data.task
     prep = data.preprocessor
-    n_outputs = len(prep["classes"]) if task == "multiclass" else 1
-    arch = architecture_from_params(params, data.x_train.shape[1], n_outputs)
-    model = build_mlp(arch).to(device)
-    optimizer = make_optimizer(params, model)
-    loss_fn = loss_function(task, params.get("loss"))
     description = {"architecture": arch.to_dict(), "preprocessor": prep, "params": params}
 
     x_train, y_train, x_val, y_val = _place_data(data, device, settings.stream)
@@ -149,6 +143,36 @@ def train_trial(
             state = {"epoch": epoch, "model": _cpu_copy(model.state_dict()), "optimizer": optimizer.state_dict(), **best}
             snapshot = Snapshot(state=state, description=description)
         report(metrics, snapshot)
+
+
+def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0, device: str = "cpu") -> tuple[Architecture, dict]:
+    """Train a configuration for exactly ``epochs`` epochs on ``data``'s training rows and return its architecture and
+    final weights (on the CPU). Nothing is held out, so nothing is selected: this is the retraining of a chosen
+    configuration on training + validation rows ("refit"), with the same initialization and batch-order rules as
+    :func:`train_trial`. Raises ``FloatingPointError`` if the training loss stops being finite.
+    """
+    torch_device = torch.device(device)
+    seed, arch, model, optimizer, loss_fn = _setup(params, data, base_seed, torch_device)
+    x = torch.tensor(data.x_train, device=torch_device)
+    y = torch.tensor(data.y_train, device=torch_device)
+    batch_size = int(params.get("batch_size", 64))
+    for epoch in range(1, epochs + 1):
+        generator = torch.Generator().manual_seed(seed + epoch)
+        loss = _train_epoch(model, optimizer, loss_fn, data.task, x, y, batch_size, generator, False, torch_device)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at epoch {epoch}")
+    return arch, _cpu_copy(model.state_dict())
+
+
+def _setup(params: dict, data: TrialData, base_seed: int, device: torch.device):
+    """Seed, architecture, network, optimizer and loss of a configuration: the same for a trial and its refit."""
+    seed = trial_seed(params, base_seed)
+    torch.manual_seed(seed)
+    prep = data.preprocessor
+    n_outputs = len(prep["classes"]) if data.task == "multiclass" else 1
+    arch = architecture_from_params(params, data.x_train.shape[1], n_outputs)
+    model = build_mlp(arch).to(device)
+    return seed, arch, model, make_optimizer(params, model), loss_function(data.task, params.get("loss"))
 
 
 def _place_data(data: TrialData, device: torch.device, stream: bool | None) -> list[torch.Tensor]:
