@@ -164,3 +164,21 @@ def test_loss_on_a_table_detected_as_classification_is_refused_once_the_task_is_
     check_metric_for_task(cfg, "regression")
     with pytest.raises(ConfigError, match="^space.loss: only regressions"):
         check_metric_for_task(cfg, "binary")
+
+
+@pytest.mark.parametrize("section,key,fragment", [
+    ({"top_k": 0}, "evaluate.top_k", "greater than 0"),
+    ({"top_k": "best"}, "evaluate.top_k", "integer"),
+    ({"refit": "sometimes"}, "evaluate.refit", "boolean"),
+    ({"ensemble": 3}, "evaluate.ensemble", "unknown key"),
+])
+def test_bad_evaluate_section(section, key, fragment):
+    raw = {**copy.deepcopy(BASE), "evaluate": section}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value).startswith(key) and fragment in str(info.value), str(info.value)
+
+
+def test_evaluate_defaults_to_the_single_best_trial_as_trained():
+    cfg = parse_config(copy.deepcopy(BASE))
+    assert cfg.evaluate.top_k == 1 and cfg.evaluate.refit is False
