@@ -104,7 +104,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     ev = evaluate_search(args.tracking_uri, args.name, metric=args.metric, force=args.force,
                          register_as=args.register_as, top_k=args.top_k, refit=args.refit)
-    print(f"chose {'trial ' if len(ev.members) == 1 else ''}{ev.selection}")
+    if len(ev.members) == 1:
+        print(f"chose trial {ev.selection}")
+    else:
+        metric = next(k for k in ev.members[0] if k not in ("trial", "run_id", "epoch"))
+        print(f"chose the mean of the top {len(ev.members)} trials by {metric}:")
+        for member in ev.members:
+            print(f"  trial {member['trial']}: {metric} {member[metric]:.6g} at epoch {member['epoch']}")
+        if ev.refit:
+            print(f"  each retrained on train+validation ({ev.n_refit} rows) for that many epochs")
     print(f"test set: {ev.n_test} rows, never seen during the search")
     for key, value in ev.metrics.items():
         print(f"  {key:<15} {value:.4f}")

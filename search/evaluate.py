@@ -54,6 +54,7 @@ class Evaluation:
     metrics: dict[str, float]
     members: list[dict] = field(default_factory=list)
     refit: bool = False  # the members were retrained on train + validation before the test
+    n_refit: int = 0  # rows they were retrained on
     registered: str = ""
     artifacts: list[str] = field(default_factory=list)
 
@@ -136,7 +137,7 @@ def evaluate_search(
         evaluation = Evaluation(
             search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
             selection=_describe_selection(members, metric, refit_data), n_test=len(rows), metrics=metrics,
-            members=members, refit=refit,
+            members=members, refit=refit, n_refit=0 if refit_data is None else len(refit_data.x_train),
         )
         use = int(tags.get("hps.test_uses", "0")) + 1
         _record_use(client, parent, evaluation, use, force, out_dir)
