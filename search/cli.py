@@ -108,7 +108,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"chose trial {ev.selection}")
     else:
         metric = next(k for k in ev.members[0] if k not in ("trial", "run_id", "epoch"))
-        print(f"chose the mean of the top {len(ev.members)} trials by {metric}:")
+        fewer = f" (of {ev.top_k} asked for: only {len(ev.members)} trials have a result)" if ev.top_k > len(ev.members) else ""
+        print(f"chose the mean of the top {len(ev.members)} trials by {metric}{fewer}:")
         for member in ev.members:
             print(f"  trial {member['trial']}: {metric} {member[metric]:.6g} at epoch {member['epoch']}")
         if ev.refit:

@@ -55,6 +55,7 @@ class Evaluation:
     members: list[dict] = field(default_factory=list)
     refit: bool = False  # the members were retrained on train + validation before the test
     n_refit: int = 0  # rows they were retrained on
+    top_k: int = 1  # how many members were asked for (fewer trials may have finished with a model)
     registered: str = ""
     artifacts: list[str] = field(default_factory=list)
 
@@ -104,7 +105,8 @@ def evaluate_search(
         )
     cfg = recorded_config(client, parent)
     metric = metric or tags.get("hps.metric", cfg.search.metric)
-    chosen = choose_trials(leaderboard(client, parent), metric, top_k or cfg.evaluate.top_k)
+    top_k = top_k or cfg.evaluate.top_k
+    chosen = choose_trials(leaderboard(client, parent), metric, top_k)
 
     split = split_from_config(cfg)
     if split.fingerprint != tags.get("hps.split_fingerprint"):
@@ -137,7 +139,7 @@ def evaluate_search(
         evaluation = Evaluation(
             search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
             selection=_describe_selection(members, metric, refit_data), n_test=len(rows), metrics=metrics,
-            members=members, refit=refit, n_refit=0 if refit_data is None else len(refit_data.x_train),
+            members=members, refit=refit, n_refit=0 if refit_data is None else len(refit_data.x_train), top_k=top_k,
         )
         use = int(tags.get("hps.test_uses", "0")) + 1
         _record_use(client, parent, evaluation, use, force, out_dir)

@@ -17,7 +17,7 @@ from search.cli import main
 from search.config import parse_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.dataset import split_from_config
-from search.evaluate import evaluate_search, predict_file, resolve_model
+from search.evaluate import evaluate_search, predict_file, recorded_config, resolve_model
 from search.tuner import run_search
 from tests.conftest import load_yaml, shrink
 from trainables.data import DataError
@@ -47,6 +47,7 @@ def csv_search(ray_session, mlflow_server, tmp_path_factory):
     make_table(300, 0).to_csv(root / "cars.csv", index=False)
     raw = shrink(load_yaml("auto_mpg.yaml"), "eval-cars", mlflow_server, num_samples=4, max_epochs=8)
     raw["data"].update(source=f"csv:{root / 'cars.csv'}", target="mpg", drop=["name"])
+    raw["evaluate"] = {"top_k": 1, "refit": False}  # the default: the first evaluation is the single best trial as trained
     cfg = parse_config(raw)
     outcome = run_search(cfg, storage=str(root / "runs"))
     evaluation = evaluate_search(mlflow_server, "eval-cars")
@@ -229,3 +230,22 @@ def test_refit_retrains_the_chosen_configurations_on_train_and_validation(csv_se
     predicted = predict_frame(model, prep, rows)["prediction"].to_numpy()
     expected_mae = float(np.mean(np.abs(predicted - target.to_numpy(dtype=float))))
     assert parent.data.metrics["test_mae"] == pytest.approx(expected_mae, rel=1e-5)
+
+
+def test_classifier_top_k_refit_serves_mean_probabilities(binary_search, mlflow_server, capsys):
+    outcome, _, _ = binary_search
+    # Three trials ran: asking for five takes the three there are, and says so.
+    assert main(["evaluate", "eval-bc", "--force", "--top-k", "5", "--refit", "--tracking-uri", mlflow_server]) == 0
+    assert "(of 5 asked for: only 3 trials have a result)" in capsys.readouterr().out
+    parent = MlflowClient(mlflow_server).get_run(outcome.parent_run_id)
+    assert parent.data.tags["hps.test_top_k"] == "3" and parent.data.tags["hps.test_refit"] == "True"
+    from sklearn.datasets import load_breast_cancer
+
+    cfg = recorded_config(MlflowClient(mlflow_server), parent)
+    rows, target = split_from_config(cfg).test_rows()
+    mlflow.set_tracking_uri(mlflow_server)
+    predicted = mlflow.pyfunc.load_model("models:/bc-classifier@champion").predict(rows.reset_index(drop=True))
+    assert np.allclose(predicted[["proba_malignant", "proba_benign"]].sum(axis=1), 1.0, atol=1e-5)
+    names = load_breast_cancer().target_names
+    accuracy = float(np.mean(predicted["prediction"].to_numpy() == names[target.to_numpy()]))
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(accuracy)
