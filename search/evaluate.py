@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -187,7 +188,9 @@ def _refit(trial: str, description: dict, data: TrialData, seed: int, folder: Pa
     """Retrain a trial's configuration on ``data`` for its kept epoch count; save it as a model folder."""
     epochs = max(1, int(description.get("epoch", 1)))
     try:
-        arch, weights = train_epochs(description["params"], data, epochs, seed)
+        # On the evaluating machine's GPU when it has one (weights come back on the CPU either way).
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        arch, weights = train_epochs(description["params"], data, epochs, seed, device=device)
     except FloatingPointError as exc:
         raise ModelNotFound(
             f"retraining trial {trial} on train+validation failed ({exc}); evaluate with --no-refit") from None
