@@ -107,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(ev.members) == 1:
         print(f"chose trial {ev.selection}")
     else:
-        metric = next(k for k in ev.members[0] if k not in ("trial", "run_id", "epoch"))
+        metric = ev.metric
         fewer = f" (of {ev.top_k} asked for: only {len(ev.members)} trials have a result)" if ev.top_k > len(ev.members) else ""
         print(f"chose the mean of the top {len(ev.members)} trials by {metric}{fewer}:")
         for member in ev.members:

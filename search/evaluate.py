@@ -53,12 +53,17 @@ class Evaluation:
     selection: str
     n_test: int
     metrics: dict[str, float]
+    metric: str = ""  # the validation metric the members were chosen by (each member records its value)
     members: list[dict] = field(default_factory=list)
-    refit: bool = False  # the members were retrained on train + validation before the test
-    n_refit: int = 0  # rows they were retrained on
+    n_refit: int = 0  # rows the members were retrained on before the test (0: evaluated as trained)
     top_k: int = 1  # how many members were asked for (fewer trials may have finished with a model)
     registered: str = ""
     artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def refit(self) -> bool:
+        """Whether the members were retrained on train + validation before the test."""
+        return self.n_refit > 0
 
 
 def recorded_config(client: MlflowClient, parent: Run):
@@ -79,11 +84,6 @@ def choose_trials(board: pd.DataFrame, metric: str, k: int = 1) -> pd.DataFrame:
     if usable.empty:
         raise ModelNotFound("no trial of this search finished with a usable result")
     return usable.sort_values(column, ascending=metric_mode(metric) == "min", kind="stable").head(k)
-
-
-def choose_trial(board: pd.DataFrame, metric: str) -> pd.Series:
-    """The best trial with a model by ``metric`` at its kept (best-validation) epoch."""
-    return choose_trials(board, metric, 1).iloc[0]
 
 
 def evaluate_search(
@@ -137,10 +137,11 @@ def evaluate_search(
             plots.per_class_report(y_true, probs.argmax(axis=1), prep.classes).to_csv(out_dir / "per_class_report.csv")
 
         best = members[0]
+        n_refit = 0 if refit_data is None else len(refit_data.x_train)
         evaluation = Evaluation(
             search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
-            selection=_describe_selection(members, metric, refit_data), n_test=len(rows), metrics=metrics,
-            members=members, refit=refit, n_refit=0 if refit_data is None else len(refit_data.x_train), top_k=top_k,
+            selection=_describe_selection(members, metric, n_refit), n_test=len(rows), metrics=metrics,
+            metric=metric, members=members, n_refit=n_refit, top_k=top_k,
         )
         use = int(tags.get("hps.test_uses", "0")) + 1
         _record_use(client, parent, evaluation, use, force, out_dir)
@@ -187,9 +188,9 @@ def _evaluated_model(
 def _refit(trial: str, description: dict, data: TrialData, seed: int, folder: Path) -> tuple[Path, dict]:
     """Retrain a trial's configuration on ``data`` for its kept epoch count; save it as a model folder."""
     epochs = max(1, int(description.get("epoch", 1)))
+    # On the evaluating machine's GPU when it has one (weights come back on the CPU either way).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        # On the evaluating machine's GPU when it has one (weights come back on the CPU either way).
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         arch, weights = train_epochs(description["params"], data, epochs, seed, device=device)
     except FloatingPointError as exc:
         raise ModelNotFound(
@@ -200,13 +201,12 @@ def _refit(trial: str, description: dict, data: TrialData, seed: int, folder: Pa
     return folder, refitted
 
 
-def _describe_selection(members: list[dict], metric: str, refit_data: TrialData | None = None) -> str:
+def _describe_selection(members: list[dict], metric: str, n_refit: int = 0) -> str:
     """``trial: val_mae 1.9 at epoch 12``, or ``mean of the top 3 trials by val_mae: a (1.9 at epoch 12), ...``."""
     def one(m: dict) -> str:
         return f"{m[metric]:.6g} at epoch {m['epoch']}"
 
-    refit = ("" if refit_data is None else
-             f", retrained on train+validation ({len(refit_data.x_train)} rows) for that many epochs")
+    refit = f", retrained on train+validation ({n_refit} rows) for that many epochs" if n_refit else ""
     if len(members) == 1:
         return f"{members[0]['trial']}: {metric} {one(members[0])}{refit}"
     listed = ", ".join(f"{m['trial']} ({one(m)})" for m in members)
@@ -220,8 +220,7 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
     summary = f"{main}={ev.metrics[main]:.4g}"
     record = {"use": use, "at": now, "forced": forced, "trial_id": ev.trial_id, "run_id": ev.run_id,
               "epoch": ev.epoch, "selection": ev.selection, "members": ev.members, "refit": ev.refit,
-              "n_test": ev.n_test,
-              "metrics": ev.metrics}
+              "n_test": ev.n_test, "metrics": ev.metrics}
     (out_dir / f"evaluation_{use}.json").write_text(json.dumps(record, indent=2))
     stamp = int(dt.datetime.now().timestamp() * 1000)
     client.log_batch(
