@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="average the K best trials by validation (default: evaluate.top_k of the config, 1)")
     evaluate.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                           help="retrain the chosen configuration(s) on train+validation before the test "
-                               "(default: evaluate.refit of the config, off)")
+                               "(default: evaluate.refit of the config; on for a cross-validated search, else off)")
     evaluate.add_argument("--force", action="store_true", help="evaluate again although the test set was already used")
     evaluate.add_argument("--register-as", help="Model Registry name (default: tracking.registered_model or the search name)")
     evaluate.set_defaults(func=cmd_evaluate)

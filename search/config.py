@@ -114,19 +114,26 @@ Distribution = (IntParam, FloatParam, CategoricalParam)
 
 
 class SplitConfig(_Strict):
-    """Fractions of the rows held out for validation and test; the rest is training data."""
+    """Fractions of the rows held out for validation and test; the rest is training data.
+
+    ``folds: K`` replaces the one validation split by K-fold cross-validation: the rows outside the test split are
+    cut into K folds, each trial trains K models (each validated on one fold, preprocessing fitted on the other
+    K-1) and reports their mean validation metrics every epoch; ``val`` is then not used. A trial is then judged on all those rows instead of
+    a ``val`` fraction of them, at K times the training cost: worth it on small tables, where a few dozen validation
+    rows pick the best of many trials partly by luck.
+    """
 
     val: float = Field(default=0.15, gt=0, lt=1)
     test: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
+    folds: int | None = Field(default=None, ge=2, le=20)
 
-    @field_validator("test")
-    @classmethod
-    def _leave_training_rows(cls, test: float, info: ValidationInfo) -> float:
-        val = info.data.get("val", 0.0)
-        if val + test >= 0.9:
-            raise ValueError(f"val + test = {val + test:g} leaves too little training data (must be < 0.9)")
-        return test
+    @model_validator(mode="after")
+    def _leave_training_rows(self) -> SplitConfig:
+        held_out, what = (self.test, "test") if self.folds else (self.val + self.test, "val + test")  # folds: no val
+        if held_out >= 0.9:
+            raise ValueError(f"{what} = {held_out:g} leaves too little training data (must be < 0.9)")
+        return self
 
 
 class ImputeConfig(_Strict):
@@ -279,7 +286,9 @@ class EvaluateConfig(_Strict):
     # number of epochs at which its validation value was best, then evaluate that: the course notes' "recombine the
     # sets and retrain, but don't change it according to test metrics" (the test split still stays out). With
     # nothing held out there is no early stopping on the refit; the epoch count comes from the search.
-    refit: bool = False
+    # Default: true when the search cross-validates (data.split.folds), whose trials' models each saw only part
+    # of the development rows; false otherwise.
+    refit: bool | None = None
 
 
 class HpsConfig(_Strict):
@@ -294,6 +303,16 @@ class HpsConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     training: TrainingConfig = TrainingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _refit_cross_validated(self) -> HpsConfig:
+        folds = self.data.split.folds
+        if folds and self.evaluate.refit is False:
+            raise ValueError(f"evaluate.refit: false cannot go with data.split.folds: {folds}: each trial's model was "
+                             f"trained on {folds - 1} of {folds} folds; what is tested is retrained on all of them")
+        if self.evaluate.refit is None:  # a copy: the default EvaluateConfig instance may be shared
+            self.evaluate = self.evaluate.model_copy(update={"refit": folds is not None})
+        return self
 
     @property
     def experiment_name(self) -> str:

@@ -13,7 +13,8 @@ def split_from_config(cfg: HpsConfig) -> SplitDataset:
     data = cfg.data
     # Any further data options (target column, feature selection, imputation, ...) pass straight through.
     extras = data.model_dump(exclude={"source", "task", "split"})
-    return split_dataset(data.source, data.task, data.split.val, data.split.test, data.split.seed, **extras)
+    split = data.split
+    return split_dataset(data.source, data.task, split.val, split.test, split.seed, folds=split.folds, **extras)
 
 
 FILE_SOURCES = ("csv", "parquet", "npz", "idx")

@@ -116,6 +116,9 @@ def evaluate_search(
             f"{tags.get('hps.split_fingerprint')}); refusing to evaluate on a different test set"
         )
     refit = cfg.evaluate.refit if refit is None else refit
+    if not refit and cfg.data.split.folds:
+        raise DataError(f"search {name!r} cross-validated ({cfg.data.split.folds} folds): each trial's model saw only "
+                        "part of the development rows, so what is tested must be refit on all of them; drop --no-refit")
     with tempfile.TemporaryDirectory() as tmp:
         refit_data = split.refit_data() if refit else None
         model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data, cfg.search.seed)

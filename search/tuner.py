@@ -102,7 +102,7 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
 
     def make_tuner() -> tune.Tuner:
         logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.staging)
-        return _build_tuner(cfg, split.trial_data(), storage_path, [logger, ProgressPrinter(cfg)])
+        return _build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)])
 
     return _execute(search, make_tuner, address)
 
@@ -131,7 +131,7 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path)
 
     def make_tuner() -> tune.Tuner:
-        trainable = _trainable(cfg, split.trial_data())
+        trainable = _trainable(cfg, split.trial_folds())
         # Errored trials stay errored (retries already happened); unfinished ones continue from checkpoints.
         return tune.Tuner.restore(_experiment_path(storage_path, name), trainable=trainable,
                                   resume_unfinished=True, resume_errored=False)

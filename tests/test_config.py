@@ -182,3 +182,27 @@ def test_bad_evaluate_section(section, key, fragment):
 def test_evaluate_defaults_to_the_single_best_trial_as_trained():
     cfg = parse_config(copy.deepcopy(BASE))
     assert cfg.evaluate.top_k == 1 and cfg.evaluate.refit is False
+
+
+@pytest.mark.parametrize("split,evaluate,key,fragment", [
+    ({"folds": 1}, None, "data.split.folds", "greater than or equal to 2"),
+    ({"folds": 50}, None, "data.split.folds", "less than or equal to 20"),
+    ({"folds": 5, "test": 0.92}, None, "data.split", "test = 0.92 leaves too little training data"),
+    ({"folds": 5}, {"refit": False}, "evaluate.refit", "cannot go with data.split.folds: 5"),
+])
+def test_bad_cross_validation_settings(split, evaluate, key, fragment):
+    raw = copy.deepcopy(BASE)
+    raw["data"]["split"] = split
+    if evaluate is not None:
+        raw["evaluate"] = evaluate
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value).startswith(key) and fragment in str(info.value), str(info.value)
+
+
+def test_cross_validation_refits_by_default_and_does_not_use_val():
+    cfg = load_config(CONFIGS / "auto_mpg.yaml", ["data.split.folds=5", "evaluate.refit=null"])
+    assert cfg.data.split.folds == 5 and cfg.evaluate.refit is True
+    assert parse_config(copy.deepcopy(BASE)).evaluate.refit is False  # the shared default is not changed
+    # val + test would be too much, but with folds val is not used
+    assert load_config(CONFIGS / "digits.yaml", ["data.split.val=0.5", "data.split.test=0.45", "data.split.folds=3"])

@@ -249,3 +249,39 @@ def test_classifier_top_k_refit_serves_mean_probabilities(binary_search, mlflow_
     names = load_breast_cancer().target_names
     accuracy = float(np.mean(predicted["prediction"].to_numpy() == names[target.to_numpy()]))
     assert parent.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_cross_validated_search_selects_on_folds_and_tests_the_refit(ray_session, mlflow_server, tmp_path, capsys):
+    make_table(200, 2).to_csv(tmp_path / "cars.csv", index=False)
+    raw = shrink(load_yaml("auto_mpg.yaml"), "eval-cars-cv", mlflow_server, num_samples=3, max_epochs=4)
+    raw["data"].update(source=f"csv:{tmp_path / 'cars.csv'}", target="mpg", drop=["name"])
+    raw["data"]["split"] = {"folds": 3, "test": 0.2, "seed": 0}
+    raw["evaluate"] = {"top_k": 2}  # refit: on by default with folds
+    cfg = parse_config(raw)
+    outcome = run_search(cfg, storage=str(tmp_path / "runs"))
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    split = split_from_config(cfg)
+    assert parent.data.params["data.n_folds"] == "3" and parent.data.params["data.n_train"] == str(len(split.train_idx))
+
+    # A trial's per-epoch validation metrics are the means over its three folds; its logged model is fold 1's.
+    best = outcome.leaderboard.sort_values("best_val_mae").iloc[0]
+    description = json.loads(open(client.download_artifacts(best["run_id"], "model/model.json", str(tmp_path))).read())
+    assert description["cross_validation"] == {"fold": 1, "folds": 3}
+    assert description["preprocessor"] == split.trial_folds()[0].preprocessor
+
+    # Testing a fold's model is refused before anything is recorded.
+    assert main(["evaluate", "eval-cars-cv", "--no-refit", "--tracking-uri", mlflow_server]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # (above it: MLflow's download bar, off in `hps`)
+    assert error.startswith("hps: error: search 'eval-cars-cv' cross-validated (3 folds)")
+    assert "hps.test_evaluated_at" not in client.get_run(outcome.parent_run_id).data.tags
+
+    assert main(["evaluate", "eval-cars-cv", "--tracking-uri", mlflow_server]) == 0
+    assert f"retrained on train+validation ({len(split.train_idx)} rows)" in capsys.readouterr().out
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["hps.test_refit"] == "True" and parent.data.tags["hps.test_top_k"] == "2"
+    model, prep = resolve_model(client, "models:/eval-cars-cv@champion", str(tmp_path / "champion"))
+    assert prep.target_mean == pytest.approx(split.table.target.iloc[split.train_idx].mean())
+    rows, target = split.test_rows()
+    predicted = predict_frame(model, prep, rows)["prediction"].to_numpy()
+    assert parent.data.metrics["test_mae"] == pytest.approx(float(np.mean(np.abs(predicted - target.to_numpy(float)))), rel=1e-5)

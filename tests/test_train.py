@@ -121,6 +121,47 @@ def test_ensemble_member_names_cannot_leave_the_artifact(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def diabetes_folds():
+    return split_dataset("sklearn:diabetes", "auto", 0.15, 0.15, 0, folds=4)  # 94, 94, 94, 93 rows
+
+
+DETERMINISTIC = {**PARAMS, "dropout": 0.0}  # no dropout: no global RNG draws, so fold order cannot matter
+
+
+def test_cross_validated_trial_reports_the_mean_over_folds(diabetes_folds, monkeypatch):
+    folds = diabetes_folds.trial_folds()
+    # Same seed for every fold: then each fold trains exactly as a trial on that fold alone would.
+    monkeypatch.setattr("trainables.train.FOLD_SEED_STRIDE", 0)
+    together = run(folds, params=DETERMINISTIC, epochs=3, metric="val_mae")
+    alone = [run(fold, params=DETERMINISTIC, epochs=3, metric="val_mae") for fold in folds]
+    sizes = np.array([len(f.y_val) for f in folds])
+    for epoch in range(3):
+        for key in ("val_mae", "val_rmse", "val_r2", "val_loss"):
+            per_fold = np.array([reports[epoch][0][key] for reports in alone])
+            assert together[epoch][0][key] == pytest.approx(float(per_fold @ sizes / sizes.sum()), rel=1e-6)
+    best = min(range(3), key=lambda e: together[e][0]["val_mae"])
+    assert together[-1][0]["best_epoch"] == best + 1
+
+
+def test_cross_validated_checkpoint_resumes_every_fold_and_keeps_the_first_folds_model(diabetes_folds, tmp_path):
+    folds = diabetes_folds.trial_folds()
+    full = run(folds, params=DETERMINISTIC, epochs=4, metric="val_mae")
+    first_two = run(folds, params=DETERMINISTIC, epochs=2, metric="val_mae")
+    snapshot = first_two[-1][1]
+    assert len(snapshot.state["model"]) == len(snapshot.state["optimizer"]) == 4
+    assert snapshot.description["cross_validation"] == {"fold": 1, "folds": 4}
+    save_checkpoint(tmp_path, snapshot.state, snapshot.description)
+    rest = run(folds, params=DETERMINISTIC, epochs=4, metric="val_mae", resume=load_checkpoint(tmp_path))
+    assert [m["epoch"] for m, _ in rest] == [3, 4]
+    assert rest[-1][0]["val_mae"] == pytest.approx(full[-1][0]["val_mae"], rel=1e-5)
+    # the logged model is the first fold's, with the first fold's preprocessing
+    model, description = load_model(tmp_path / "model")
+    assert description["preprocessor"] == folds[0].preprocessor != folds[1].preprocessor
+    with torch.inference_mode():
+        assert model(torch.tensor(folds[0].x_val)).shape == (len(folds[0].x_val), 1)
+
+
 def test_diverging_loss_ends_the_trial_with_a_reason(datasets):
     params = {**PARAMS, "lr": 1e6, "optimizer": "sgd", "momentum": 0.9, "norm": "none"}
     reports = run(datasets["diabetes"].trial_data(), params=params, epochs=20)

@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 log = logging.getLogger(__name__)
 
@@ -497,16 +498,35 @@ class SplitDataset:
     preprocessor: Preprocessor
     fingerprint: str
     n_dropped_missing_target: int = 0
+    # Cross-validation (data.split.folds): the validation rows of each fold. ``train_idx`` then holds all the
+    # development rows (everything outside the test split) and ``val_idx`` is empty.
+    folds: list[np.ndarray] | None = None
 
     def trial_data(self) -> TrialData:
         """Train and validation arrays only: the test split never reaches a trial."""
-        prep = self.preprocessor
+        return self._arrays(self.train_idx, self.val_idx, self.preprocessor)
+
+    def trial_folds(self) -> list[TrialData]:
+        """What every trial trains on: ``[trial_data()]`` with one validation split; with cross-validation one
+        :class:`TrialData` per fold, its preprocessing fitted on that fold's training rows only."""
+        if self.folds is None:
+            return [self.trial_data()]
+        fold_data = []
+        for val_rows in self.folds:
+            train_rows = np.setdiff1d(self.train_idx, val_rows)
+            feats, target = self.table.features.iloc[train_rows], self.table.target.iloc[train_rows]
+            prep = Preprocessor.fit(feats, target, self.task, self.table.class_names,
+                                    impute=self.preprocessor.impute, standardize=self.table.standardize)
+            fold_data.append(self._arrays(train_rows, val_rows, prep))
+        return fold_data
+
+    def _arrays(self, train_rows: np.ndarray, val_rows: np.ndarray, prep: Preprocessor) -> TrialData:
         feats, target = self.table.features, self.table.target
         return TrialData(
-            x_train=prep.transform_features(feats.iloc[self.train_idx]),
-            y_train=prep.transform_target(target.iloc[self.train_idx]),
-            x_val=prep.transform_features(feats.iloc[self.val_idx]),
-            y_val=prep.transform_target(target.iloc[self.val_idx]),
+            x_train=prep.transform_features(feats.iloc[train_rows]),
+            y_train=prep.transform_target(target.iloc[train_rows]),
+            x_val=prep.transform_features(feats.iloc[val_rows]),
+            y_val=prep.transform_target(target.iloc[val_rows]),
             preprocessor=prep.to_dict(),
         )
 
@@ -536,6 +556,7 @@ class SplitDataset:
             "n_test": len(self.test_idx),
             "n_dropped_missing_target": self.n_dropped_missing_target,
             "split_fingerprint": self.fingerprint,
+            **({"n_folds": len(self.folds)} if self.folds is not None else {}),
         }
 
 
@@ -550,10 +571,13 @@ def split_dataset(
     features: Sequence[str] | None = None,
     drop: Sequence[str] | None = None,
     impute: Mapping[str, str] | None = None,
+    folds: int | None = None,
 ) -> SplitDataset:
     """Load ``source``, drop rows without a target, split (stratified for classification) and fit preprocessing.
 
-    Raises :class:`DataError` (one line) for anything wrong with the data itself.
+    With ``folds`` the rows outside the test split are cut into that many cross-validation folds instead of a
+    ``val`` fraction (which is then not used). Raises :class:`DataError` (one line) for anything wrong with the
+    data itself.
     """
     _check_impute(impute)
     table = load_table(source, target=target, features=features, drop=drop)
@@ -571,15 +595,41 @@ def split_dataset(
         log.info("data %s: task detected as %s (target %r: %s, %d distinct values)", source, resolved,
                  table.target.name, table.target.dtype, table.target.nunique())
     _check_target(table.target, resolved)
-    train_idx, val_idx, test_idx = _split_rows(table.target, resolved, val, test, seed)
+    fold_rows = None
+    if folds is None:
+        train_idx, val_idx, test_idx = _split_rows(table.target, resolved, val, test, seed)
+    else:
+        train_idx, test_idx = _split_rows(table.target, resolved, 0.0, test, seed)
+        val_idx = np.array([], dtype=train_idx.dtype)
+        fold_rows = _fold_rows(table.target, resolved, train_idx, folds, seed)
     prep = Preprocessor.fit(
         table.features.iloc[train_idx], table.target.iloc[train_idx], resolved, table.class_names,
         impute=impute, standardize=table.standardize,
     )
-    fingerprint = split_fingerprint(content_digest(table), seed, train_idx, val_idx, test_idx, target=target)
+    fingerprint = split_fingerprint(content_digest(table), seed, train_idx, val_idx, test_idx, *(fold_rows or []),
+                                    target=target)
     return SplitDataset(
-        table, resolved, np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), prep, fingerprint, n_dropped
+        table, resolved, np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), prep, fingerprint, n_dropped,
+        fold_rows,
     )
+
+
+def _fold_rows(target: pd.Series, task: str, rows: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """The validation rows of each cross-validation fold of ``rows`` (stratified for classification)."""
+    labels = target.iloc[rows].to_numpy()
+    splitter = KFold(folds, shuffle=True, random_state=seed) if task == "regression" else \
+        StratifiedKFold(folds, shuffle=True, random_state=seed)
+    try:
+        with warnings.catch_warnings():
+            # "The least populated class has only N members": checked below, as a DataError when it matters.
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [np.sort(rows[val]) for _, val in splitter.split(rows, labels)]
+    except ValueError as exc:
+        raise DataError(f"cannot cut {len(rows)} rows into {folds} cross-validation folds: {_reason(exc)}") from None
+    if task != "regression":
+        for part in parts:  # every fold's training rows must still hold every class
+            _raise_absent(target, set(target.unique()) - set(target.iloc[np.setdiff1d(rows, part)].unique()))
+    return parts
 
 
 def _check_impute(impute: Mapping[str, str] | None) -> None:
@@ -598,6 +648,8 @@ def _split_rows(target: pd.Series, task: str, val: float, test: float, seed: int
     rest = rows
     try:
         rest, test_idx = train_test_split(rows, test_size=test, random_state=seed, stratify=stratify)
+        if not val:  # cross-validation: the folds are cut from the rest later
+            return rest, test_idx
         rest_stratify = stratify[rest] if stratify is not None else None
         train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed, stratify=rest_stratify)
     except ValueError as exc:  # too few rows for the fractions, or a class too rare to stratify

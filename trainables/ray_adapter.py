@@ -16,7 +16,7 @@ from trainables.reporting import EpochBatcher
 from trainables.train import Snapshot, TrainSettings, train_trial
 
 
-def tune_trainable(config: dict, data: TrialData, settings: TrainSettings) -> None:
+def tune_trainable(config: dict, data: TrialData | list[TrialData], settings: TrainSettings) -> None:
     """Ray Tune entry point: resume from Tune's checkpoint if any, train, report every epoch to Tune."""
     torch.set_num_threads(max(1, settings.num_threads))
     # Ray hides GPUs from trials that asked for none (CUDA_VISIBLE_DEVICES=""), so this only picks CUDA

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,9 @@ EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory i
 # Data stays resident on a GPU only while it takes at most this share of the free device memory: trials sharing a
 # GPU (fractional gpus_per_trial) each upload their own copy, and activations and optimizer state need room too.
 DEVICE_DATA_FRACTION = 0.2
+# Cross-validation fold i starts from seed + i * this: its own initialization and batch order, far from the
+# per-epoch shuffle seeds (seed + epoch) of the other folds.
+FOLD_SEED_STRIDE = 1_000_003
 
 log = logging.getLogger(__name__)
 
@@ -89,60 +92,112 @@ def make_optimizer(params: dict, model: nn.Module) -> torch.optim.Optimizer:
 
 def train_trial(
     params: dict,
-    data: TrialData,
+    data: TrialData | Sequence[TrialData],
     settings: TrainSettings,
     report: Report,
     resume: dict | None = None,
 ) -> None:
     """Train one configuration for up to ``settings.max_epochs`` epochs, reporting once per epoch.
 
-    ``resume`` is a state previously handed out in a :class:`Snapshot`; training continues at the epoch after it.
-    If the training loss stops being finite the trial ends with a last report carrying ``diverged`` (the reason).
+    ``data`` is one train/validation split, or one per cross-validation fold: then a model is trained on each fold
+    in lockstep, and each epoch's metrics are their means over the folds (weighted by the folds' sizes). The model a
+    snapshot carries is the first fold's. ``resume`` is a state previously handed out in a :class:`Snapshot`;
+    training continues at the epoch after it. If the training loss stops being finite the trial ends with a last
+    report carrying ``diverged`` (the reason).
     """
     device = torch.device(settings.device)
-    seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device)
-    task = data.task
-    prep = data.preprocessor
-    description = {"architecture": arch.to_dict(), "preprocessor": prep, "params": params}
-
-    x_train, y_train, x_val, y_val = _place_data(data, device, settings.stream)
-    net = _maybe_compile(model, x_val[:2].to(device)) if settings.compile else model
+    folds = [_Fold.build(params, d, settings, device, i) for i, d in enumerate([data] if isinstance(data, TrialData) else data)]
+    first = folds[0]
+    description = {"architecture": first.arch.to_dict(), "preprocessor": first.data.preprocessor, "params": params}
+    if len(folds) > 1:  # the logged model was trained on part of the development rows: say which part
+        description["cross_validation"] = {"fold": 1, "folds": len(folds)}
     batch_size = int(params.get("batch_size", 64))
     use_amp = settings.amp and device.type == "cuda"
 
     sign = 1.0 if metric_mode(settings.metric) == "min" else -1.0
     start_epoch, best = 1, {"best_epoch": 0, "best_value": math.inf, "best_model": None}
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        for fold, model_state, optimizer_state in zip(folds, _per_fold(resume["model"]), _per_fold(resume["optimizer"])):
+            fold.model.load_state_dict(model_state)
+            fold.optimizer.load_state_dict(optimizer_state)
         start_epoch = int(resume["epoch"]) + 1
         best = {k: resume[k] for k in best}
 
     for epoch in range(start_epoch, settings.max_epochs + 1):
-        # Seeding the shuffle by epoch makes a resumed trial see the same batches it would have seen.
-        generator = torch.Generator().manual_seed(seed + epoch)
-        train_loss = _train_epoch(net, optimizer, loss_fn, task, x_train, y_train, batch_size, generator, use_amp, device)
-        evaluation = _evaluate(net, loss_fn, task, x_val, y_val, prep, use_amp, device) if math.isfinite(train_loss) else None
-        if evaluation is None:
-            # A diverged trial cannot recover; retrying it would diverge again. It ends here, reported as such
-            # (worst possible value, so schedulers rank it last), instead of raising and being retried.
-            reason = f"training loss became {train_loss}" if not math.isfinite(train_loss) else "outputs became infinite"
-            report(_diverged_result(epoch, reason, settings.metric, sign, best), None)
-            return
-        metrics = {"epoch": epoch, "train_loss": train_loss, **evaluation}
+        results = []
+        for fold in folds:
+            train_loss, evaluation = fold.epoch(epoch, batch_size, use_amp, device)
+            if evaluation is None:
+                # A diverged trial cannot recover; retrying it would diverge again. It ends here, reported as such
+                # (worst possible value, so schedulers rank it last), instead of raising and being retried.
+                reason = f"training loss became {train_loss}" if not math.isfinite(train_loss) else "outputs became infinite"
+                report(_diverged_result(epoch, reason, settings.metric, sign, best), None)
+                return
+            results.append({"train_loss": train_loss, **evaluation})
+        metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds])}
         value = metrics.get(settings.metric, metrics["val_loss"])
         improved = math.isfinite(value) and sign * value < best["best_value"]
         if improved:
-            best = {"best_epoch": epoch, "best_value": sign * value, "best_model": _cpu_copy(model.state_dict())}
+            best = {"best_epoch": epoch, "best_value": sign * value, "best_model": _cpu_copy(first.model.state_dict())}
         metrics[f"best_{settings.metric}"] = sign * best["best_value"]
         metrics["best_epoch"] = best["best_epoch"]
         metrics["finished"] = epoch == settings.max_epochs
         due = epoch % settings.checkpoint_every == 0 or epoch in settings.decision_epochs or metrics["finished"]
         snapshot = None
         if due and best["best_model"] is not None:
-            state = {"epoch": epoch, "model": _cpu_copy(model.state_dict()), "optimizer": optimizer.state_dict(), **best}
+            models = [_cpu_copy(f.model.state_dict()) for f in folds]
+            optimizers = [f.optimizer.state_dict() for f in folds]
+            # One fold keeps the checkpoint format of a plain trial; folds store one entry per fold.
+            state = {"epoch": epoch, "model": models if len(folds) > 1 else models[0],
+                     "optimizer": optimizers if len(folds) > 1 else optimizers[0], **best}
             snapshot = Snapshot(state=state, description=description)
         report(metrics, snapshot)
+
+
+@dataclass
+class _Fold:
+    """One model in training with its data: a trial has one, or one per cross-validation fold."""
+
+    data: TrialData
+    arch: Architecture
+    model: nn.Module
+    net: nn.Module  # the model, compiled when asked
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    tensors: list[torch.Tensor]  # x_train, y_train, x_val, y_val
+    seed: int
+
+    @classmethod
+    def build(cls, params: dict, data: TrialData, settings: TrainSettings, device: torch.device, index: int) -> _Fold:
+        # Fold 0 trains exactly as a trial without folds (and as its refit); others get their own initialization.
+        seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device, FOLD_SEED_STRIDE * index)
+        tensors = _place_data(data, device, settings.stream)
+        net = _maybe_compile(model, tensors[2][:2].to(device)) if settings.compile else model
+        return cls(data, arch, model, net, optimizer, loss_fn, tensors, seed)
+
+    def epoch(self, epoch: int, batch_size: int, use_amp: bool, device: torch.device) -> tuple[float, dict | None]:
+        """Train one epoch and validate; the validation metrics are None when the model diverged."""
+        x_train, y_train, x_val, y_val = self.tensors
+        # Seeding the shuffle by epoch makes a resumed trial see the same batches it would have seen.
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        task = self.data.task
+        train_loss = _train_epoch(self.net, self.optimizer, self.loss_fn, task, x_train, y_train, batch_size, generator,
+                                  use_amp, device)
+        if not math.isfinite(train_loss):
+            return train_loss, None
+        return train_loss, _evaluate(self.net, self.loss_fn, task, x_val, y_val, self.data.preprocessor, use_amp, device)
+
+
+def _per_fold(saved: dict | list[dict]) -> list[dict]:
+    return saved if isinstance(saved, list) else [saved]
+
+
+def _mean_over_folds(results: list[dict[str, float]], sizes: list[int]) -> dict[str, float]:
+    """Each metric's mean over the folds, weighted by their validation rows (one fold: its metrics, untouched)."""
+    if len(results) == 1:
+        return results[0]
+    total = sum(sizes)
+    return {key: sum(size * r[key] for r, size in zip(results, sizes)) / total for key in results[0]}
 
 
 def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0, device: str = "cpu") -> tuple[Architecture, dict]:
@@ -164,9 +219,9 @@ def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0,
     return arch, _cpu_copy(model.state_dict())
 
 
-def _setup(params: dict, data: TrialData, base_seed: int, device: torch.device):
+def _setup(params: dict, data: TrialData, base_seed: int, device: torch.device, seed_offset: int = 0):
     """Seed, architecture, network, optimizer and loss of a configuration: the same for a trial and its refit."""
-    seed = trial_seed(params, base_seed)
+    seed = trial_seed(params, base_seed) + seed_offset
     torch.manual_seed(seed)
     prep = data.preprocessor
     n_outputs = len(prep["classes"]) if data.task == "multiclass" else 1
