@@ -50,8 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.tuner import run_search  # Ray and MLflow load only when a search runs
 
     cfg = load_config(args.config, _overrides(args))
+    folds = cfg.data.split.folds
+    ranked = f"{cfg.search.metric} (mean over {folds} cross-validation folds)" if folds else cfg.search.metric
     print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} at a time), "
-          f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, ranked by {cfg.search.metric}; "
+          f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, ranked by {ranked}; "
           f"tracking {cfg.tracking.uri}", flush=True)
     return _report_outcome(lambda: run_search(cfg, address=args.address, storage=args.storage, overwrite=args.overwrite))
 

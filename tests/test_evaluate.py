@@ -47,6 +47,7 @@ def csv_search(ray_session, mlflow_server, tmp_path_factory):
     make_table(300, 0).to_csv(root / "cars.csv", index=False)
     raw = shrink(load_yaml("auto_mpg.yaml"), "eval-cars", mlflow_server, num_samples=4, max_epochs=8)
     raw["data"].update(source=f"csv:{root / 'cars.csv'}", target="mpg", drop=["name"])
+    raw["data"]["split"] = {"val": 0.2, "test": 0.15, "seed": 0}  # one validation split (the config cross-validates)
     raw["evaluate"] = {"top_k": 1, "refit": False}  # the default: the first evaluation is the single best trial as trained
     cfg = parse_config(raw)
     outcome = run_search(cfg, storage=str(root / "runs"))
