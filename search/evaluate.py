@@ -105,6 +105,10 @@ def evaluate_search(
             "the test set is used once — pass --force to evaluate again (it will be recorded)"
         )
     cfg = recorded_config(client, parent)
+    refit = cfg.evaluate.refit if refit is None else refit
+    if not refit and cfg.data.split.folds:
+        raise DataError(f"search {name!r} cross-validated ({cfg.data.split.folds} folds): each trial's model saw only "
+                        "part of the development rows, so what is tested must be refit on all of them; drop --no-refit")
     metric = metric or tags.get("hps.metric", cfg.search.metric)
     top_k = top_k or cfg.evaluate.top_k
     chosen = choose_trials(leaderboard(client, parent), metric, top_k)
@@ -115,10 +119,6 @@ def evaluate_search(
             f"the data or its split changed since the search (fingerprint {split.fingerprint} != recorded "
             f"{tags.get('hps.split_fingerprint')}); refusing to evaluate on a different test set"
         )
-    refit = cfg.evaluate.refit if refit is None else refit
-    if not refit and cfg.data.split.folds:
-        raise DataError(f"search {name!r} cross-validated ({cfg.data.split.folds} folds): each trial's model saw only "
-                        "part of the development rows, so what is tested must be refit on all of them; drop --no-refit")
     with tempfile.TemporaryDirectory() as tmp:
         refit_data = split.refit_data() if refit else None
         model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data, cfg.search.seed)

@@ -514,11 +514,14 @@ class SplitDataset:
         fold_data = []
         for val_rows in self.folds:
             train_rows = np.setdiff1d(self.train_idx, val_rows)
-            feats, target = self.table.features.iloc[train_rows], self.table.target.iloc[train_rows]
-            prep = Preprocessor.fit(feats, target, self.task, self.table.class_names,
-                                    impute=self.preprocessor.impute, standardize=self.table.standardize)
-            fold_data.append(self._arrays(train_rows, val_rows, prep))
+            fold_data.append(self._arrays(train_rows, val_rows, self._fit_preprocessor(train_rows)))
         return fold_data
+
+    def _fit_preprocessor(self, rows: np.ndarray) -> Preprocessor:
+        """Preprocessing fitted again on ``rows`` only, with the search's imputation and standardization settings."""
+        return Preprocessor.fit(self.table.features.iloc[rows], self.table.target.iloc[rows], self.task,
+                                self.table.class_names, impute=self.preprocessor.impute,
+                                standardize=self.table.standardize)
 
     def _arrays(self, train_rows: np.ndarray, val_rows: np.ndarray, prep: Preprocessor) -> TrialData:
         feats, target = self.table.features, self.table.target
@@ -535,8 +538,7 @@ class SplitDataset:
         is retrained on before its one test evaluation. The test split still never enters."""
         rows = np.sort(np.concatenate([self.train_idx, self.val_idx]))
         feats, target = self.table.features.iloc[rows], self.table.target.iloc[rows]
-        prep = Preprocessor.fit(feats, target, self.task, self.table.class_names, impute=self.preprocessor.impute,
-                                standardize=self.table.standardize)
+        prep = self._fit_preprocessor(rows)
         x, y = prep.transform_features(feats), prep.transform_target(target)
         # No rows are held out any more: the validation arrays are empty, nothing may be selected on them.
         return TrialData(x_train=x, y_train=y, x_val=x[:0], y_val=y[:0], preprocessor=prep.to_dict())
@@ -595,13 +597,9 @@ def split_dataset(
         log.info("data %s: task detected as %s (target %r: %s, %d distinct values)", source, resolved,
                  table.target.name, table.target.dtype, table.target.nunique())
     _check_target(table.target, resolved)
-    fold_rows = None
-    if folds is None:
-        train_idx, val_idx, test_idx = _split_rows(table.target, resolved, val, test, seed)
-    else:
-        train_idx, test_idx = _split_rows(table.target, resolved, 0.0, test, seed)
-        val_idx = np.array([], dtype=train_idx.dtype)
-        fold_rows = _fold_rows(table.target, resolved, train_idx, folds, seed)
+    # With folds there is no validation split: the folds are cut from the training rows.
+    train_idx, val_idx, test_idx = _split_rows(table.target, resolved, 0.0 if folds else val, test, seed)
+    fold_rows = _fold_rows(table.target, resolved, train_idx, folds, seed) if folds else None
     prep = Preprocessor.fit(
         table.features.iloc[train_idx], table.target.iloc[train_idx], resolved, table.class_names,
         impute=impute, standardize=table.standardize,
@@ -648,10 +646,12 @@ def _split_rows(target: pd.Series, task: str, val: float, test: float, seed: int
     rest = rows
     try:
         rest, test_idx = train_test_split(rows, test_size=test, random_state=seed, stratify=stratify)
-        if not val:  # cross-validation: the folds are cut from the rest later
-            return rest, test_idx
-        rest_stratify = stratify[rest] if stratify is not None else None
-        train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed, stratify=rest_stratify)
+        if val:
+            rest_stratify = stratify[rest] if stratify is not None else None
+            train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed,
+                                                  stratify=rest_stratify)
+        else:  # no validation split (cross-validation): everything but the test split trains
+            train_idx, val_idx = rest, rest[:0]
     except ValueError as exc:  # too few rows for the fractions, or a class too rare to stratify
         if stratify is not None:
             left = target.iloc[rest].value_counts()
