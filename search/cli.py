@@ -102,7 +102,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the best trial of a search on its held-out test split and register it."""
-    from search.evaluate import evaluate_search
+    from search.evaluate import describe_member_value, evaluate_search
 
     ev = evaluate_search(args.tracking_uri, args.name, metric=args.metric, force=args.force,
                          register_as=args.register_as, top_k=args.top_k, refit=args.refit)
@@ -113,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fewer = f" (of {ev.top_k} asked for: only {len(ev.members)} trials have a result)" if ev.top_k > len(ev.members) else ""
         print(f"chose the mean of the top {len(ev.members)} trials by {metric}{fewer}:")
         for member in ev.members:
-            print(f"  trial {member['trial']}: {metric} {member[metric]:.6g} at epoch {member['epoch']}")
+            print(f"  trial {member['trial']}: {metric} {describe_member_value(member, metric)}")
         if ev.refit:
             print(f"  each retrained on train+validation ({ev.n_refit} rows) for that many epochs")
     print(f"test set: {ev.n_test} rows, never seen during the search")

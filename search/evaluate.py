@@ -30,7 +30,7 @@ from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, s
 from trainables.data import DataError, Preprocessor, TrialData
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
 from trainables.predict import model_outputs, predict_frame, probabilities, regression_values
-from trainables.train import train_epochs
+from trainables.train import fold_std_name, train_epochs
 
 CHAMPION = "champion"
 EVALUATED_MODEL = "evaluated_model"  # the parent run's copy of the model `hps evaluate` tested
@@ -175,8 +175,12 @@ def _evaluated_model(
             folder, description = _refit(row["trial"], description, refit_data, seed, tmp / f"refit_{index}")
         preprocessors.append(description["preprocessor"])
         folders.append(folder)
-        members.append({"trial": row["trial"], "run_id": row["run_id"], "epoch": int(row["best_epoch"]),
-                        metric: float(row[metric if metric in row else f"best_{metric}"])})
+        member = {"trial": row["trial"], "run_id": row["run_id"], "epoch": int(row["best_epoch"]),
+                  metric: float(row[metric if metric in row else f"best_{metric}"])}
+        spread = row.get(fold_std_name(metric))
+        if spread is not None and not pd.isna(spread):  # a cross-validated trial: its folds' disagreement
+            member[fold_std_name(metric)] = float(spread)
+        members.append(member)
     if len(folders) == 1:
         return folders[0], members
     # Every trial of a search trains on the same split with the same fitted preprocessing; averaging models that
@@ -204,15 +208,19 @@ def _refit(trial: str, description: dict, data: TrialData, seed: int, folder: Pa
     return folder, refitted
 
 
+def describe_member_value(member: dict, metric: str) -> str:
+    """``1.9 at epoch 12``, or ``1.9 (sd 0.12 over folds) at epoch 12`` for a cross-validated trial."""
+    spread = member.get(fold_std_name(metric))
+    shown = f"{member[metric]:.6g}" if spread is None else f"{member[metric]:.6g} (sd {spread:.2g} over folds)"
+    return f"{shown} at epoch {member['epoch']}"
+
+
 def _describe_selection(members: list[dict], metric: str, n_refit: int = 0) -> str:
     """``trial: val_mae 1.9 at epoch 12``, or ``mean of the top 3 trials by val_mae: a (1.9 at epoch 12), ...``."""
-    def one(m: dict) -> str:
-        return f"{m[metric]:.6g} at epoch {m['epoch']}"
-
     refit = f", retrained on train+validation ({n_refit} rows) for that many epochs" if n_refit else ""
     if len(members) == 1:
-        return f"{members[0]['trial']}: {metric} {one(members[0])}{refit}"
-    listed = ", ".join(f"{m['trial']} ({one(m)})" for m in members)
+        return f"{members[0]['trial']}: {metric} {describe_member_value(members[0], metric)}{refit}"
+    listed = ", ".join(f"{m['trial']} ({describe_member_value(m, metric)})" for m in members)
     return f"mean of the top {len(members)} trials by {metric}: {listed}{refit}"
 
 

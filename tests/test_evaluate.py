@@ -270,6 +270,8 @@ def test_cross_validated_search_selects_on_folds_and_tests_the_refit(ray_session
     description = json.loads(open(client.download_artifacts(best["run_id"], "model/model.json", str(tmp_path))).read())
     assert description["cross_validation"] == {"fold": 1, "folds": 3}
     assert description["preprocessor"] == split.trial_folds()[0].preprocessor
+    # ... and how far the folds were apart at that epoch is on the leaderboard next to the mean.
+    assert best["val_mae_fold_std"] > 0
 
     # Testing a fold's model is refused before anything is recorded.
     assert main(["evaluate", "eval-cars-cv", "--no-refit", "--tracking-uri", mlflow_server]) == 2
@@ -278,7 +280,9 @@ def test_cross_validated_search_selects_on_folds_and_tests_the_refit(ray_session
     assert "hps.test_evaluated_at" not in client.get_run(outcome.parent_run_id).data.tags
 
     assert main(["evaluate", "eval-cars-cv", "--tracking-uri", mlflow_server]) == 0
-    assert f"retrained on train+validation ({len(split.train_idx)} rows)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"retrained on train+validation ({len(split.train_idx)} rows)" in out
+    assert f"val_mae {best['best_val_mae']:.6g} (sd {best['val_mae_fold_std']:.2g} over folds)" in out
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.tags["hps.test_refit"] == "True" and parent.data.tags["hps.test_top_k"] == "2"
     model, prep = resolve_model(client, "models:/eval-cars-cv@champion", str(tmp_path / "champion"))

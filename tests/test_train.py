@@ -140,6 +140,10 @@ def test_cross_validated_trial_reports_the_mean_over_folds(diabetes_folds, monke
         for key in ("val_mae", "val_rmse", "val_r2", "val_loss"):
             per_fold = np.array([reports[epoch][0][key] for reports in alone])
             assert together[epoch][0][key] == pytest.approx(float(per_fold @ sizes / sizes.sum()), rel=1e-6)
+        # the spread of the ranked metric over the folds, as cross_val_score(...).std() would give it
+        maes = np.array([reports[epoch][0]["val_mae"] for reports in alone])
+        assert together[epoch][0]["val_mae_fold_std"] == pytest.approx(float(maes.std()), rel=1e-6)
+        assert "val_mae_fold_std" not in alone[0][epoch][0]  # one split has no spread to report
     best = min(range(3), key=lambda e: together[e][0]["val_mae"])
     assert together[-1][0]["best_epoch"] == best + 1
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -100,8 +101,9 @@ def train_trial(
     """Train one configuration for up to ``settings.max_epochs`` epochs, reporting once per epoch.
 
     ``data`` is one train/validation split, or one per cross-validation fold: then a model is trained on each fold
-    in lockstep, and each epoch's metrics are their means over the folds (weighted by the folds' sizes). The model a
-    snapshot carries is the first fold's. ``resume`` is a state previously handed out in a :class:`Snapshot`;
+    in lockstep, and each epoch's metrics are their means over the folds (weighted by the folds' sizes), plus the
+    standard deviation of ``settings.metric`` over the folds (ddof 0, as ``cross_val_score(...).std()`` gives) under
+    :func:`fold_std_name`. The model a snapshot carries is the first fold's. ``resume`` is a state previously handed out in a :class:`Snapshot`;
     training continues at the epoch after it. If the training loss stops being finite the trial ends with a last
     report carrying ``diverged`` (the reason).
     """
@@ -135,6 +137,9 @@ def train_trial(
                 return
             results.append({"train_loss": train_loss, **evaluation})
         metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds])}
+        if len(folds) > 1 and settings.metric in results[0]:
+            # How much the folds disagree tells whether two trials' means differ by more than the luck of the cut.
+            metrics[fold_std_name(settings.metric)] = statistics.pstdev(r[settings.metric] for r in results)
         value = metrics.get(settings.metric, metrics["val_loss"])
         improved = math.isfinite(value) and sign * value < best["best_value"]
         if improved:
@@ -186,6 +191,11 @@ class _Fold:
         if not math.isfinite(train_loss):
             return train_loss, None
         return train_loss, _evaluate(self.net, self.loss_fn, task, x_val, y_val, self.data.preprocessor, use_amp, device)
+
+
+def fold_std_name(metric: str) -> str:
+    """The name under which a cross-validated trial reports the spread of ``metric`` over its folds."""
+    return f"{metric}_fold_std"
 
 
 def _per_fold(saved: dict | list[dict]) -> list[dict]:
