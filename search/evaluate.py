@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from search import plots
 from search.config import parse_config
@@ -254,10 +255,10 @@ def register_champion(
     """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
     and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
     example = rows.head(5).reset_index(drop=True)
-    # The saved preprocessing imputes every numeric column, so gaps are legal input: integer columns are declared
-    # as doubles, which (unlike integers) can hold NaN under MLflow's schema enforcement.
-    example = example.astype({column: "float64" for column in example.select_dtypes("integer").columns})
-    signature = infer_signature(example, predict_frame(model, prep, example))
+    # (inferred from integers as doubles only to spare users MLflow's warning about integer columns: numeric
+    # columns are retyped below anyway)
+    as_inferred = example.astype({column: "float64" for column in example.select_dtypes("integer").columns})
+    signature = _raw_row_signature(infer_signature(as_inferred, predict_frame(model, prep, example)), prep)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     status = parent.info.status
@@ -280,6 +281,16 @@ def register_champion(
     client.set_registered_model_alias(registered_name, CHAMPION, version.version)
     client.set_model_version_tag(registered_name, version.version, "hps.search", parent.data.tags.get("hps.search", ""))
     return f"models:/{registered_name}@{CHAMPION}"
+
+
+def _raw_row_signature(inferred: ModelSignature, prep: Preprocessor) -> ModelSignature:
+    """The signature with the numeric feature columns typed ``any``: the saved preprocessing reads any numeric
+    column and imputes its gaps, while MLflow's enforcement of a declared type would refuse raw tables. A column of
+    whole numbers read by pandas is int64, which MLflow will not convert to a double, and the same column with a gap
+    is float64, which it will not convert to a long."""
+    numeric = set(prep.numeric)
+    columns = [ColSpec(AnyType(), spec.name) if spec.name in numeric else spec for spec in inferred.inputs.inputs]
+    return ModelSignature(inputs=Schema(columns), outputs=inferred.outputs, params=inferred.params)
 
 
 def _version(module: str) -> str:

@@ -124,15 +124,24 @@ def test_predict_raw_rows_with_unseen_category(csv_search, mlflow_server, tmp_pa
         assert np.allclose(pd.read_csv(tmp_path / "again.csv")["prediction"], predictions["prediction"], rtol=1e-5)
 
 
-def test_pyfunc_model_accepts_gaps_in_columns_that_were_integers(csv_search, mlflow_server):
-    # Preprocessing imputes every numeric column, so the signature must not promise integers (which cannot be NaN).
+def test_pyfunc_model_takes_raw_rows_as_pandas_reads_them(csv_search, mlflow_server, tmp_path):
+    # A column of whole numbers is read as int64, the same column with a gap as float64: MLflow's enforcement of a
+    # declared long or double refuses one of the two, so numeric columns must not be declared with either.
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/eval-cars@champion")
-    assert {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}["cylinders"] == "double"
-    rows = make_table(6, 3).drop(columns=["mpg", "name"])
-    rows["cylinders"] = rows["cylinders"].astype("float64")
-    rows.loc[0, "cylinders"] = np.nan
-    assert model.predict(rows)["prediction"].notna().all()
+    raw = make_table(6, 3).drop(columns=["mpg"])
+    raw.to_csv(tmp_path / "raw.csv", index=False)
+    whole = pd.read_csv(tmp_path / "raw.csv")
+    assert whole["cylinders"].dtype == np.int64
+    expected = predict_file(mlflow_server, "eval-cars", str(tmp_path / "raw.csv"), str(tmp_path / "by_hps.csv"))
+    by_hps = pd.read_csv(tmp_path / "by_hps.csv")["prediction"].to_numpy()
+    assert expected == 6 and np.allclose(model.predict(whole)["prediction"], by_hps, rtol=1e-5)
+    gap = whole.copy()
+    gap.loc[0, "cylinders"] = np.nan  # now float64; imputed with the training median, like `hps predict` does
+    assert gap["cylinders"].dtype == np.float64 and model.predict(gap)["prediction"].notna().all()
+    # the signature still names and types the categorical column
+    schema = {c.name: str(c.type) for c in model.metadata.get_input_schema().inputs}
+    assert set(schema) == set(raw.columns) - {"name"} and "string" in schema["origin"]
 
 
 def test_predict_with_a_missing_feature_column_is_a_clear_error(csv_search, mlflow_server, tmp_path, capsys):
@@ -194,8 +203,7 @@ def test_top_k_evaluates_and_registers_the_average_of_the_best_trials(csv_search
 
     # What was evaluated is what the registry, the search name and the pyfunc now serve.
     mlflow.set_tracking_uri(mlflow_server)
-    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(
-        rows.reset_index(drop=True).astype({"cylinders": "float64"}))  # the signature declares doubles (gaps allowed)
+    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(rows.reset_index(drop=True))
     assert np.allclose(served["prediction"], mean_prediction, rtol=1e-5)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     predict_file(mlflow_server, "eval-cars", str(tmp_path / "rows.csv"), str(tmp_path / "by_name.csv"))
