@@ -52,10 +52,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _overrides(args))
     folds = cfg.data.split.folds
     ranked = f"{cfg.search.metric} (mean over {folds} cross-validation folds)" if folds else cfg.search.metric
-    print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} at a time), "
-          f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, ranked by {ranked}; "
-          f"tracking {cfg.tracking.uri}", flush=True)
-    return _report_outcome(lambda: run_search(cfg, address=args.address, storage=args.storage, overwrite=args.overwrite))
+
+    def announce(split) -> None:  # printed once the config, data and storage have passed their checks
+        print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} "
+              f"at a time), {cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, ranked by {ranked}; "
+              f"tracking {cfg.tracking.uri}")
+        print(f"data {cfg.data.source}: {_describe_data(split, detected=cfg.data.task == 'auto')}", flush=True)
+
+    return _report_outcome(lambda: run_search(cfg, address=args.address, storage=args.storage,
+                                              overwrite=args.overwrite, announce=announce))
+
+
+def _describe_data(split, detected: bool) -> str:
+    """``regression (detected), 258 train / 80 validation / 60 test rows; 8 rows without a target dropped``."""
+    summary = split.summary()
+    task = f"{summary['task']} (detected)" if detected else summary["task"]
+    if split.folds is not None:
+        rows = f"{summary['n_train']} development rows in {summary['n_folds']} folds / {summary['n_test']} test rows"
+    else:
+        rows = f"{summary['n_train']} train / {summary['n_val']} validation / {summary['n_test']} test rows"
+    dropped = summary["n_dropped_missing_target"]
+    return f"{task}, {summary['n_features']} features, {rows}" + (
+        f"; {dropped} row(s) without a target dropped" if dropped else "")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -88,9 +106,11 @@ def _report_outcome(execute) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     """Print (or export) the leaderboard of a search."""
     from search.leaderboard import find_search_run, leaderboard
-    from search.tracking import connect
+    from search.connection import connect
 
-    client = connect(args.tracking_uri)
+    if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
+        return _fail(f"cannot write {args.csv!r}: its folder does not exist")
+    client = connect(args.tracking_uri, existing=True)
     board = leaderboard(client, find_search_run(client, args.name))
     if args.csv:
         board.to_csv(args.csv, index=False)
@@ -140,9 +160,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from search.evaluate import recorded_config
     from search.leaderboard import find_search_run
     from search.report import write_report
-    from search.tracking import connect
+    from search.connection import connect
 
-    client: MlflowClient = connect(args.tracking_uri)
+    client: MlflowClient = connect(args.tracking_uri, existing=True)
     parent = find_search_run(client, args.name)
     written = write_report(client, parent, recorded_config(client, parent))
     print(f"logged on run {parent.info.run_id} under report/: {', '.join(written) or 'no plots (no finished trials)'}")

@@ -7,11 +7,13 @@ problem, before anything (Ray, MLflow, data loading) starts.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,10 +35,20 @@ from trainables.model import ACTIVATIONS, NORMS
 from trainables.train import OPTIMIZERS
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+SEARCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# MLflow refuses "/" and ":" in registered model names; "@" would make models:/NAME@champion ambiguous.
+REGISTERED_NAME_PATTERN = r"^[^/:@\s](?:[^/:@]*[^/:@\s])?$"
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() for m in ms}))
 # Defaults of the trainable for hyperparameters a space leaves out (see trainables.model / trainables.train).
 DEFAULT_N_LAYERS = 2
+
+
+def check_registered_name(name: str) -> str:
+    """A Model Registry name MLflow accepts and a ``models:/NAME@champion`` URI can carry, else ValueError."""
+    if not re.match(REGISTERED_NAME_PATTERN, name):
+        raise ValueError(f"{name!r} cannot be a Model Registry name (no '/', ':' or '@', no blank at either end)")
+    return name
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 
@@ -253,7 +265,8 @@ class TrackingConfig(_Strict):
     uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
     experiment: str | None = None  # default: the search name
     log_models: Literal["all", "best", "none"] = "all"
-    registered_model: str | None = None  # Model Registry name for `hps evaluate` (default: the search name)
+    # Model Registry name for `hps evaluate` (default: the search name)
+    registered_model: Annotated[str, AfterValidator(check_registered_name)] | None = None
     # How long the end of a search waits for an unreachable tracking server before saving the pending writes
     # to a file (replayed by `hps resume`). Training itself never waits for the server.
     outage_wait_s: float = Field(default=300, ge=0)
@@ -294,7 +307,7 @@ class EvaluateConfig(_Strict):
 class HpsConfig(_Strict):
     """A whole search: data, search space, search strategy, scheduler, resources, tracking, training, evaluation."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    name: str = Field(pattern=SEARCH_NAME_PATTERN, max_length=100)
     data: DataConfig
     space: dict[str, Union[ParamSpec, Scalar]] = Field(min_length=1)
     search: SearchConfig = SearchConfig()

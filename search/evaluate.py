@@ -23,10 +23,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from search import plots
-from search.config import parse_config
+from search.config import check_registered_name, parse_config
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
+from search.connection import connect
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
@@ -96,7 +97,12 @@ def evaluate_search(
     the evaluated model. ``top_k``/``refit`` default to the search config's ``evaluate`` section."""
     if top_k is not None and top_k < 1:
         raise DataError(f"--top-k must be >= 1, got {top_k}")
-    client = MlflowClient(tracking_uri)
+    if register_as is not None:
+        try:
+            check_registered_name(register_as)
+        except ValueError as exc:
+            raise DataError(f"--register-as: {exc}") from None
+    client = connect(tracking_uri, existing=True)
     parent = find_search_run(client, name)
     tags = parent.data.tags
     if tags.get("hps.test_evaluated_at") and not force:
@@ -332,21 +338,43 @@ def _search_model(client: MlflowClient, name: str, directory: str) -> str:
     run_id = parent.data.tags.get("hps.test_run_id") or parent.data.tags.get("hps.best_run_id")
     if not run_id:
         raise ModelNotFound(f"search {name!r} has no best trial with a model")
-    return client.download_artifacts(run_id, "model", directory)
+    try:
+        return client.download_artifacts(run_id, "model", directory)
+    except MlflowException:
+        raise ModelNotFound(f"search {name!r}: its best trial has no model artifact (was tracking.log_models "
+                            f"none?)") from None
 
 
 def predict_file(tracking_uri: str, reference: str, input_csv: str, output_csv: str) -> int:
     """Predict every row of ``input_csv`` with a model and write ``output_csv``; returns the row count."""
     if not Path(input_csv).is_file():
         raise DataError(f"input file {input_csv!r} does not exist")
-    rows = pd.read_csv(input_csv)
+    if not Path(output_csv).resolve().parent.is_dir():
+        raise DataError(f"cannot write {output_csv!r}: folder {str(Path(output_csv).parent)!r} does not exist")
+    try:
+        rows = pd.read_csv(input_csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {input_csv!r} as CSV: {str(exc).splitlines()[0]}") from None
+    if rows.empty:
+        raise DataError(f"{input_csv!r} has a header but no rows to predict")
+    client = connect(tracking_uri, existing=True)
     mlflow.set_tracking_uri(tracking_uri)  # models:/ and runs:/ URIs resolve against this server and its registry
     mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         model, prep = resolve_model(client, reference, tmp)
     predictions = predict_frame(model, prep, rows)
-    predictions.to_csv(output_csv, index=False)
+    _write_whole(predictions, Path(output_csv))
     return len(predictions)
+
+
+def _write_whole(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV under a temporary name and rename it: an interrupted write never leaves a partial file at
+    ``path`` to be taken for results."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        frame.to_csv(partial, index=False)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 

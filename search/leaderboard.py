@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+
+from search.config import SEARCH_NAME_PATTERN
 from search.errors import SearchNotFound
 
 
 
 def find_search_run(client: MlflowClient, name: str) -> Run:
     """The parent run of the most recent search called ``name`` (in any experiment)."""
+    if not re.match(SEARCH_NAME_PATTERN, name):  # also keeps quotes out of the filter string below
+        raise SearchNotFound(f"no search named {name!r}: search names are letters, digits and _ . - only")
     runs = client.search_runs(
         experiment_ids=[e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.`hps.search` = '{name}' and tags.`hps.role` = 'search'",

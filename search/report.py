@@ -25,6 +25,7 @@ def review_study(cfg: HpsConfig, runs: list[Run]) -> optuna.Study:
     included: for reviewing the space, a trial ASHA stopped early still says something about its region).
     """
     metric = cfg.search.metric
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" is noise here
     study = optuna.create_study(direction="minimize" if cfg.search.mode == "min" else "maximize")
     for run in sorted(runs, key=lambda r: r.info.start_time):
         value = run.data.metrics.get(f"best_{metric}")

@@ -17,42 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
 from trainables.reporting import epoch_number, expand_epochs
-from search.errors import TrackingError
 from search.writer import TrackingWriter, log_params
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
-REACHABILITY_TIMEOUT_S = 5
 # Result keys that are the trainable's metrics (Ray adds many bookkeeping keys we do not want as metrics).
 METRIC_PREFIXES = ("train_", "val_", "best_")
 
-
-
-def connect(uri: str) -> MlflowClient:
-    """A client for ``uri``, after checking that the server answers (an HTTP server within a few seconds)."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            response = requests.get(uri.rstrip("/") + "/health", timeout=REACHABILITY_TIMEOUT_S)
-        except requests.RequestException as exc:
-            raise TrackingError(f"tracking server {uri} is unreachable ({type(exc).__name__})") from None
-        if response.status_code != 200:
-            raise TrackingError(f"tracking server {uri} answered /health with HTTP {response.status_code}")
-    elif uri.startswith("sqlite:///"):
-        parent = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise TrackingError(f"tracking database folder {parent} does not exist")
-    for chatty in ("alembic", "mlflow.store.db.utils"):  # schema migration chatter on a new sqlite store
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

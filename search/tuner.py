@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,12 @@ from search.dataset import split_from_config, with_absolute_source
 from search.leaderboard import leaderboard, trial_runs
 from search.progress import ProgressPrinter
 from search.report import write_report
+from search.connection import connect
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
 from search.tracking import (
     LOGGERS,
     TrialRunLogger,
-    connect,
     experiment_id,
     finish_search_run,
     log_model_artifacts,
@@ -44,7 +45,7 @@ from search.tracking import (
 )
 from search.writer import TrackingWriter, quick_failing_http
 from search.errors import SearchExists, SearchNotFound, StorageError, TrackingError
-from trainables.data import DataError
+from trainables.data import DataError, SplitDataset
 from trainables.ray_adapter import tune_trainable
 from trainables.train import TrainSettings
 
@@ -84,8 +85,12 @@ def storage_dir(storage: str | None) -> str:
     return str(Path(storage or DEFAULT_STORAGE).expanduser().resolve())
 
 
-def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False) -> SearchOutcome:
-    """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input."""
+def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False,
+               announce: Callable[[SplitDataset], None] | None = None) -> SearchOutcome:
+    """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input.
+
+    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded.
+    """
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
     cfg = with_absolute_source(cfg)
     split = split_from_config(cfg)  # data options are passed on in search.dataset
@@ -93,6 +98,8 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     client = connect(cfg.tracking.uri)
     storage_path = storage_dir(storage)
     _claim_storage(storage_path, cfg.name, overwrite)
+    if announce is not None:
+        announce(split)
     exp_id = experiment_id(client, cfg.experiment_name)
     config = cfg.model_dump(mode="json", by_alias=True)
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
@@ -320,6 +327,10 @@ def _claim_storage(storage_path: str, name: str, overwrite: bool) -> None:
             raise SearchExists(f"a search named {name!r} already exists in {folder}; continue it with "
                                f"`hps resume {name} --storage {storage_path}` or start over with --overwrite")
         shutil.rmtree(folder)
+    try:  # now, so that a storage path that is a file or read-only fails before any run is created
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise StorageError(f"storage {storage_path} cannot be used: {exc.strerror or exc}") from None
 
 
 def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:

@@ -57,6 +57,36 @@ def test_run_with_unreachable_tracking_uri_exits_2_quickly(tmp_path):
     assert "unreachable" in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 
+def test_storage_that_is_a_file_exits_2_before_any_run(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = hps("run", str(CONFIGS / "wine.yaml"), "--tracking-uri", uri, "--storage", str(tmp_path / "a_file" / "runs"),
+               cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"hps: error: storage {tmp_path / 'a_file' / 'runs'} cannot")
+    assert "search wine-mlp" not in proc.stdout  # nothing announced, nothing recorded
+    client = MlflowClient(uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_reading_commands_refuse_a_mistyped_database_and_odd_names(tmp_path):
+    missing = tmp_path / "typo.db"
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    for args in (["trials", "x"], ["report", "x"], ["evaluate", "x"], ["predict", "x", "rows.csv", "-o", "out.csv"]):
+        proc = hps(*args, "--tracking-uri", f"sqlite:///{missing}", cwd=tmp_path)
+        assert proc.returncode == 2 and f"no tracking database {missing}" in proc.stderr, (args, proc.stderr[-2000:])
+    assert not missing.exists()
+    for args in (["evaluate", "x"], ["predict", "x", "rows.csv", "-o", "out.csv"]):  # no retrying for minutes
+        proc = hps(*args, "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+        assert proc.returncode == 2 and "unreachable" in proc.stderr, (args, proc.stderr[-2000:])
+    database = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    MlflowClient(database).search_experiments()  # an existing, empty store
+    quoted = hps("trials", "a'b", "--tracking-uri", database, cwd=tmp_path)
+    assert quoted.returncode == 2 and "search names are letters, digits" in quoted.stderr
+    to_nowhere = hps("trials", "x", "--csv", str(tmp_path / "no" / "board.csv"), "--tracking-uri", database, cwd=tmp_path)
+    assert to_nowhere.returncode == 2 and "its folder does not exist" in to_nowhere.stderr
+
+
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "search.cli", "--help"], capture_output=True, text=True).stdout
     for command in ("run", "trials", "validate"):

@@ -36,6 +36,8 @@ BAD_CASES = {
     "unknown key in a distribution": (with_change("space.lr.logg", True), "space.lr.logg", "unknown key"),
     "unknown hyperparameter": (with_change("space.lerning_rate", 0.1), "space.lerning_rate", "unknown hyperparameter"),
     "wrong type": (with_change("search.num_samples", "many"), "search.num_samples", "integer"),
+    "registry name with a slash": (with_change("tracking.registered_model", "team/model"), "tracking.registered_model",
+                                   "cannot be a Model Registry name"),
     "low >= high": (with_change("space.lr.low", 0.5), "space.lr", "must be < high"),
     "int low == high": (with_change("space.n_layers.high", 1), "space.n_layers", "must be < high"),
     "log with low <= 0": (with_change("space.weight_decay.low", 0.0), "space.weight_decay", "low > 0"),

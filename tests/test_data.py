@@ -312,6 +312,28 @@ def test_idx_count_mismatch(tmp_path):
         split_dataset(f"idx:{directory}", "auto", 0.2, 0.2, 0)
 
 
+def test_idx_corrupt_gzip(tmp_path):
+    directory = write_idx(tmp_path / "mnist")
+    (directory / "train-images-idx3-ubyte").unlink()
+    (directory / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz' is not a readable gzip file"):
+        split_dataset(f"idx:{directory}", "auto", 0.2, 0.2, 0)
+
+
+def test_target_without_any_value(tmp_path):
+    path = tmp_path / "no_target.csv"
+    pd.DataFrame({"x": range(20), "y": [np.nan] * 20}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="target 'y' has no values \(all 20 rows are missing it\)"):
+        split_dataset(f"csv:{path}", "auto", 0.2, 0.2, 0, target="y")
+
+
+def test_constant_regression_target(tmp_path):
+    path = tmp_path / "constant.csv"
+    pd.DataFrame({"x": range(20), "y": [2.5] * 20}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="target 'y' has a single value \(2.5\)"):
+        split_dataset(f"csv:{path}", "auto", 0.2, 0.2, 0, target="y")
+
+
 def test_idx_missing_file(tmp_path):
     directory = write_idx(tmp_path / "mnist")
     (directory / "t10k-labels-idx1-ubyte").unlink()

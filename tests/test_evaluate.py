@@ -144,6 +144,28 @@ def test_pyfunc_model_takes_raw_rows_as_pandas_reads_them(csv_search, mlflow_ser
     assert set(schema) == set(raw.columns) - {"name"} and "string" in schema["origin"]
 
 
+def test_bad_registry_name_and_unusable_predict_files_fail_before_anything_is_used(csv_search, mlflow_server,
+                                                                                  tmp_path, capsys):
+    client = MlflowClient(mlflow_server)
+    uses = client.get_run(csv_search[1].parent_run_id).data.tags["hps.test_uses"]
+    assert main(["evaluate", "eval-cars", "--force", "--register-as", "team/cars", "--tracking-uri", mlflow_server]) == 2
+    assert "--register-as: 'team/cars' cannot be a Model Registry name" in capsys.readouterr().err
+    assert client.get_run(csv_search[1].parent_run_id).data.tags["hps.test_uses"] == uses  # the test set not touched
+
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("weight,horsepower,origin,cylinders\n")
+    make_table(3, 4).to_csv(tmp_path / "rows.csv", index=False)
+    for input_csv, output, message in (
+        ("empty.csv", "out.csv", "cannot read"),
+        ("header.csv", "out.csv", "has a header but no rows"),
+        ("rows.csv", "no/such/folder/out.csv", "folder 'no/such/folder' does not exist"),
+    ):
+        assert main(["predict", "eval-cars", str(tmp_path / input_csv), "-o", str(tmp_path / output) if "/" not in output
+                     else output, "--tracking-uri", mlflow_server]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_predict_with_a_missing_feature_column_is_a_clear_error(csv_search, mlflow_server, tmp_path, capsys):
     path = tmp_path / "bad.csv"
     make_table(5, 2).drop(columns=["mpg", "weight"]).to_csv(path, index=False)

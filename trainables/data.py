@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,10 @@ def _idx_file(directory: Path, name: str) -> Path | None:
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """An IDX file of unsigned bytes (``magic`` 2051 for images, 2049 for labels)."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # EOFError: cut short; zlib.error: corrupt data
+        raise DataError(f"IDX file {str(path)!r} is not a readable gzip file ({exc})") from None
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
@@ -243,6 +247,8 @@ def _check_target(target: pd.Series, task: str) -> None:
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
             raise DataError(f"task is regression but target {name!r} is not numeric (e.g. {target.iloc[0]!r})")
+        if target.nunique() < 2:
+            raise DataError(f"target {name!r} has a single value ({_py(target.iloc[0])!r}); there is nothing to learn")
         return
     n_classes = target.nunique()
     if n_classes < 2:
@@ -589,6 +595,8 @@ def split_dataset(
         log.info("data %s: dropped %d row(s) with a missing target", source, n_dropped)
         table.features = table.features[has_target].reset_index(drop=True)
         table.target = table.target[has_target].reset_index(drop=True)
+    if len(table.target) == 0:  # before the feature check: with no rows left every feature column is empty too
+        raise DataError(f"target {table.target.name!r} has no values (all {n_dropped} rows are missing it)")
     empty = [str(c) for c in table.features.columns[table.features.isna().all().to_numpy()]]
     if empty:
         raise DataError(f"feature column(s) with no values at all: {', '.join(empty)}; drop them (data.drop)")
