@@ -331,6 +331,12 @@ class HpsConfig(_Strict):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    @property
+    def training_seed(self) -> int:
+        """What every trial (and its refit) derives its initialization and batch order from; ``search.seed: null``
+        randomizes the sampler only."""
+        return self.search.seed or 0
+
 
 # What each hyperparameter of the trainable accepts: a check on every value a space can produce.
 _VALUE_RULES: dict[str, tuple[str, Any]] = {

@@ -128,7 +128,7 @@ def evaluate_search(
         )
     with tempfile.TemporaryDirectory() as tmp:
         refit_data = split.refit_data() if refit else None
-        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data, cfg.search.seed)
+        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data, cfg.training_seed)
         model, description = load_model(model_dir)
         prep = Preprocessor.from_dict(description["preprocessor"])
         rows, target = split.test_rows()

@@ -379,7 +379,7 @@ def _trainable(cfg: HpsConfig, data):
     settings = TrainSettings(
         max_epochs=cfg.scheduler.max_epochs,
         metric=cfg.search.metric,
-        seed=cfg.search.seed or 0,
+        seed=cfg.training_seed,
         checkpoint_every=cfg.training.checkpoint_every,
         amp=cfg.training.amp,
         compile=cfg.training.compile,

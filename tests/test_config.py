@@ -208,3 +208,13 @@ def test_cross_validation_refits_by_default_and_does_not_use_val():
     assert parse_config(copy.deepcopy(BASE)).evaluate.refit is False  # the shared default is not changed
     # val + test would be too much, but with folds val is not used
     assert load_config(CONFIGS / "digits.yaml", ["data.split.val=0.5", "data.split.test=0.45", "data.split.folds=3"])
+
+
+def test_trials_and_their_refit_share_one_training_seed():
+    # search.seed: null randomizes the sampler; trials still train from seed 0, and the refit must use the same
+    # (it once passed None, which hashes differently from 0 and changed the refit's initialization).
+    raw = copy.deepcopy(BASE)
+    raw.setdefault("search", {})["seed"] = None
+    assert parse_config(raw).training_seed == 0
+    raw["search"]["seed"] = 7
+    assert parse_config(raw).training_seed == 7
