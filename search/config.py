@@ -44,6 +44,14 @@ ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() fo
 DEFAULT_N_LAYERS = 2
 
 
+def check_members_have_models(top_k: int, log_models: str, what: str) -> None:
+    """Averaging the ``top_k`` best trials needs each one's model (or, for a refit, its exact description) from
+    MLflow: only ``log_models: all`` uploads them. Raises ValueError naming ``what`` otherwise."""
+    if top_k > 1 and log_models != "all":
+        raise ValueError(f"{what}: {top_k} averages the {top_k} best trials' models, which only tracking.log_models: "
+                         f"all keeps (this search: {log_models})")
+
+
 def check_registered_name(name: str) -> str:
     """A Model Registry name MLflow accepts and a ``models:/NAME@champion`` URI can carry, else ValueError."""
     if not re.match(REGISTERED_NAME_PATTERN, name):
@@ -325,6 +333,11 @@ class HpsConfig(_Strict):
                              f"trained on {folds - 1} of {folds} folds; what is tested is retrained on all of them")
         if self.evaluate.refit is None:  # a copy: the default EvaluateConfig instance may be shared
             self.evaluate = self.evaluate.model_copy(update={"refit": folds is not None})
+        return self
+
+    @model_validator(mode="after")
+    def _members_have_models(self) -> HpsConfig:
+        check_members_have_models(self.evaluate.top_k, self.tracking.log_models, "evaluate.top_k")
         return self
 
     @property

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from search import plots
-from search.config import check_registered_name, parse_config
+from search.config import check_members_have_models, check_registered_name, parse_config
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
@@ -118,6 +118,10 @@ def evaluate_search(
                         "part of the development rows, so what is tested must be refit on all of them; drop --no-refit")
     metric = metric or tags.get("hps.metric", cfg.search.metric)
     top_k = top_k or cfg.evaluate.top_k
+    try:
+        check_members_have_models(top_k, cfg.tracking.log_models, "--top-k")
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     chosen = choose_trials(leaderboard(client, parent), metric, top_k)
 
     split = split_from_config(cfg)

@@ -36,6 +36,8 @@ BAD_CASES = {
     "unknown key in a distribution": (with_change("space.lr.logg", True), "space.lr.logg", "unknown key"),
     "unknown hyperparameter": (with_change("space.lerning_rate", 0.1), "space.lerning_rate", "unknown hyperparameter"),
     "wrong type": (with_change("search.num_samples", "many"), "search.num_samples", "integer"),
+    "top-k without the members' models": ({**with_change("tracking.log_models", "best"), "evaluate": {"top_k": 3}},
+                                           "evaluate.top_k", "only tracking.log_models: all keeps"),
     "registry name with a slash": (with_change("tracking.registered_model", "team/model"), "tracking.registered_model",
                                    "cannot be a Model Registry name"),
     "low >= high": (with_change("space.lr.low", 0.5), "space.lr", "must be < high"),

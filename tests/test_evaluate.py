@@ -334,4 +334,7 @@ def test_a_search_that_kept_no_models_says_so(ray_session, mlflow_server, tmp_pa
     assert "its best trial has no model artifact (was tracking.log_models none?)" in capsys.readouterr().err
     assert main(["evaluate", "eval-no-models", "--tracking-uri", mlflow_server]) == 2
     assert "has no model artifact" in capsys.readouterr().err
+    assert main(["evaluate", "eval-no-models", "--top-k", "3", "--tracking-uri", mlflow_server]) == 2
+    assert "--top-k: 3 averages the 3 best trials' models, which only tracking.log_models: all keeps (this search: " \
+           "none)" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
