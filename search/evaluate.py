@@ -24,10 +24,10 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from search import plots
 from search.config import check_members_have_models, check_registered_name, parse_config
+from search.connection import connect
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
-from search.connection import connect
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
