@@ -16,6 +16,8 @@ from search.space import distribution_for
 from search.tracking import log_table
 
 TOP_CURVES = 8
+# As in search/searcher.py (which `hps report` does not import): "A new study created in memory" says nothing here.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def review_study(cfg: HpsConfig, runs: list[Run]) -> optuna.Study:
@@ -25,7 +27,6 @@ def review_study(cfg: HpsConfig, runs: list[Run]) -> optuna.Study:
     included: for reviewing the space, a trial ASHA stopped early still says something about its region).
     """
     metric = cfg.search.metric
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" is noise here
     study = optuna.create_study(direction="minimize" if cfg.search.mode == "min" else "maximize")
     for run in sorted(runs, key=lambda r: r.info.start_time):
         value = run.data.metrics.get(f"best_{metric}")

@@ -27,6 +27,9 @@ def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_p
               cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best_val_loss" in run.stdout and "3 trials" in run.stdout
+    # what was found in the data, said before the first trial (the config names the task: not "detected")
+    assert run.stdout.splitlines()[1] == ("data sklearn:breast_cancer: binary, 30 features, "
+                                          "340 train / 143 validation / 86 test rows")
     assert run.stdout.count("done,") == 3  # one progress line per finished trial
 
     csv = tmp_path / "board.csv"
