@@ -79,7 +79,7 @@ def measure(data: TrialData, epochs: int, reps: int, device: str = "cpu", thread
         runs.append({"ours_samples_per_s": samples / timings["ours"], "course_samples_per_s": samples / timings["course"],
                      "ratio": timings["course"] / timings["ours"]})
     return {
-        "device": device,
+        "device": str(device),
         "threads": threads,
         "params": PARAMS,
         "epochs": epochs,

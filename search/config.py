@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from trainables.data import SKLEARN_DATASETS, SOURCE_KINDS, TABLE_KINDS, TASKS
+from trainables.device import gpu_request_error
 from trainables.metrics import LOSSES, MAXIMIZED, REGRESSION_LOSSES, TASK_METRICS
 from trainables.model import ACTIVATIONS, NORMS
 from trainables.train import OPTIMIZERS
@@ -261,9 +262,10 @@ class ResourcesConfig(_Strict):
 
     @field_validator("gpus_per_trial")
     @classmethod
-    def _whole_gpus_above_one(cls, gpus: float) -> float:
-        if gpus > 1 and not float(gpus).is_integer():
-            raise ValueError("gpus_per_trial above 1 must be a whole number (Ray shares only single GPUs)")
+    def _one_gpu_at_most(cls, gpus: float) -> float:
+        error = gpu_request_error(gpus)
+        if error:
+            raise ValueError(error)
         return gpus
 
 
@@ -288,8 +290,13 @@ class TrainingConfig(_Strict):
     # instead of 32 s here (Tune snapshots the experiment whenever num_to_keep checkpoints rotate); a resumed trial
     # repeats at most 4 epochs.
     checkpoint_every: PositiveInt = 5
-    amp: bool = True  # bf16 autocast when a trial runs on a GPU
-    compile: bool = False  # torch.compile each trial's model: compiling takes seconds, so it only pays on long trials
+    # bf16 autocast of the training steps when a trial runs on a GPU (validation and metrics stay fp32). Off by
+    # default: a small MLP's step is bound by kernel launches, and autocast adds casts (~27 -> ~42 kernels a digits
+    # step), so it pays only for wide layers; never measured on a GPU yet (docs/gpu.md).
+    amp: bool = False
+    # torch.compile each trial's model: true (inductor) or "reduce-overhead" (CUDA graphs on a GPU, one launch per
+    # step). Compiling takes seconds per trial (~20 s on a CPU), so it only pays on long trials.
+    compile: bool | Literal["reduce-overhead"] = False
     # A trial reports to Tune at most this often: epochs shorter than this are sent together with the next report
     # (checkpoints, ASHA's rung epochs and the last epoch are never held back). MLflow still gets every epoch.
     # Each report is a round trip through Tune's controller; per-epoch reports of ~30 ms digits epochs cost ~20%.

@@ -8,14 +8,15 @@ the test set is recorded on the parent run.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-import torch
 from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
@@ -23,13 +24,15 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from search import plots
-from search.config import check_members_have_models, check_registered_name, parse_config
+from search.config import HpsConfig, check_members_have_models, check_registered_name, parse_config
 from search.connection import connect
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
+from trainables.device import local_device, prepare_device
+from trainables.model import Architecture
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
 from trainables.predict import model_outputs, predict_frame, probabilities, regression_values
 from trainables.train import fold_std_name, train_epochs
@@ -132,7 +135,8 @@ def evaluate_search(
         )
     with tempfile.TemporaryDirectory() as tmp:
         refit_data = split.refit_data() if refit else None
-        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data, cfg.training_seed)
+        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data,
+                                                _retrainer(cfg) if refit_data is not None else None)
         model, description = load_model(model_dir)
         prep = Preprocessor.from_dict(description["preprocessor"])
         rows, target = split.test_rows()
@@ -168,7 +172,8 @@ def evaluate_search(
 
 
 def _evaluated_model(
-    client: MlflowClient, chosen: pd.DataFrame, metric: str, tmp: Path, refit_data: TrialData | None, seed: int,
+    client: MlflowClient, chosen: pd.DataFrame, metric: str, tmp: Path, refit_data: TrialData | None,
+    retrain: Retrain | None,
 ) -> tuple[Path, list[dict]]:
     """Download the chosen trials' models (retrained on ``refit_data`` if given); one model folder as it is,
     several as an ensemble folder.
@@ -182,8 +187,8 @@ def _evaluated_model(
         except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
             raise ModelNotFound(f"trial {row['trial']} has no model artifact ({exc}); was log_models none?") from None
         description = json.loads((folder / DESCRIPTION_FILE).read_text())
-        if refit_data is not None:
-            folder, description = _refit(row["trial"], description, refit_data, seed, tmp / f"refit_{index}")
+        if refit_data is not None and retrain is not None:
+            folder, description = _refit(row["trial"], description, refit_data, retrain, tmp / f"refit_{index}")
         preprocessors.append(description["preprocessor"])
         folders.append(folder)
         member = {"trial": row["trial"], "run_id": row["run_id"], "epoch": int(row["best_epoch"]),
@@ -203,13 +208,22 @@ def _evaluated_model(
     return ensemble_dir, members
 
 
-def _refit(trial: str, description: dict, data: TrialData, seed: int, folder: Path) -> tuple[Path, dict]:
+# Retrains a configuration: (params, data, epochs) -> (architecture, weights), as train_epochs with its settings bound.
+Retrain = Callable[[dict, TrialData, int], tuple[Architecture, dict]]
+
+
+def _retrainer(cfg: HpsConfig) -> Retrain:
+    """Refit trains the way the search's trials trained: same seed rule, same kind of device (a GPU only when the
+    trials had one and this machine has one too, set up as the trials' were: TF32, AMP as configured)."""
+    device = prepare_device(local_device(cfg.resources.gpus_per_trial))
+    return functools.partial(train_epochs, base_seed=cfg.training_seed, device=device, amp=cfg.training.amp)
+
+
+def _refit(trial: str, description: dict, data: TrialData, retrain: Retrain, folder: Path) -> tuple[Path, dict]:
     """Retrain a trial's configuration on ``data`` for its kept epoch count; save it as a model folder."""
     epochs = max(1, int(description.get("epoch", 1)))
-    # On the evaluating machine's GPU when it has one (weights come back on the CPU either way).
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        arch, weights = train_epochs(description["params"], data, epochs, seed, device=device)
+        arch, weights = retrain(description["params"], data, epochs)
     except FloatingPointError as exc:
         raise ModelNotFound(
             f"retraining trial {trial} on train+validation failed ({exc}); evaluate with --no-refit") from None

@@ -385,6 +385,7 @@ def _trainable(cfg: HpsConfig, data):
         compile=cfg.training.compile,
         report_interval_s=cfg.training.report_interval_s,
         num_threads=max(1, int(cfg.resources.cpus_per_trial)),
+        gpu_share=cfg.resources.gpus_per_trial if 0 < cfg.resources.gpus_per_trial < 1 else 1.0,
         decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
     )
     return tune.with_resources(

@@ -61,7 +61,9 @@ BAD_CASES = {
     "per_layer on a non-layer parameter": (
         with_change("space.dropout", {"type": "float", "low": 0.0, "high": 0.5, "per_layer": True}),
         "space.dropout.per_layer", "only units"),
-    "fractional GPUs above one": (with_change("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial", "whole number"),
+    "fractional GPUs above one": (with_change("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial", "one device"),
+    # A trial trains on one device: a second whole GPU would sit idle while Ray counts it as busy.
+    "two GPUs per trial": (with_change("resources.gpus_per_trial", 2), "resources.gpus_per_trial", "one device"),
     "bad log_models": (with_change("tracking.log_models", "some"), "tracking.log_models", "all"),
     "unknown loss": (with_change("space.loss", "l1"), "space.loss", "mse, mae, huber"),
     "regression loss on a classifier": (with_change("space.loss", "mae"), "space.loss", "only regressions"),

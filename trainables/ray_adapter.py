@@ -12,6 +12,7 @@ from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import TrialData
+from trainables.device import hide_gpus_from_cpu_trial, prepare_device, trial_device
 from trainables.reporting import EpochBatcher
 from trainables.train import Snapshot, TrainSettings, train_trial
 
@@ -19,18 +20,18 @@ from trainables.train import Snapshot, TrainSettings, train_trial
 def tune_trainable(config: dict, data: TrialData | list[TrialData], settings: TrainSettings) -> None:
     """Ray Tune entry point: resume from Tune's checkpoint if any, train, report every epoch to Tune."""
     torch.set_num_threads(max(1, settings.num_threads))
-    # Ray hides GPUs from trials that asked for none (CUDA_VISIBLE_DEVICES=""), so this only picks CUDA
-    # for trials that were given a (possibly fractional) GPU.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # The device follows what Ray assigned this trial, not what the process can see: Ray 2.60 leaves every GPU
+    # visible to trials that asked for none (see trainables.device).
+    device = trial_device(ray.get_gpu_ids())
+    hide_gpus_from_cpu_trial(device)
+    device = prepare_device(device, settings.gpu_share)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(directory)
-    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+                 "device": str(device)}
 
     def send(metrics: dict, snapshot: Snapshot | None) -> None:
         if snapshot is None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from trainables.data import TrialData
+from trainables.device import canonical, memory_budget, same_device
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
 from trainables.model import Architecture, architecture_from_params, build_mlp
 
@@ -54,14 +55,17 @@ class TrainSettings:
     max_epochs: int
     metric: str = "val_loss"
     seed: int = 0
-    device: str = "cpu"
+    device: str | torch.device = "cpu"  # where to train; "cuda" means the current GPU
     checkpoint_every: int = 1  # epochs between checkpoints; the last epoch and decision epochs are always saved
     # Epochs at which a scheduler may stop the trial (ASHA's rungs): checkpointed too, so a stopped trial's best
     # weights (kept in memory between checkpoints) are never lost.
     decision_epochs: frozenset[int] = frozenset()
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = False  # bf16 autocast of the training steps on CUDA (validation is always fp32); ignored on CPU
     num_threads: int = 1  # intra-op threads; follows the CPUs a trial was given
-    compile: bool = False  # torch.compile the model; its compile time (~20 s on CPU) dwarfs short trials
+    # torch.compile the model: False, True (inductor's default mode) or "reduce-overhead" (CUDA graphs on a GPU:
+    # one launch replays a whole step, which is what small dispatch-bound MLPs need). Compiling takes seconds.
+    compile: bool | str = False
+    gpu_share: float = 1.0  # the fraction of the GPU the trial holds (Ray's fractional gpus); sizes resident data
     # Shortest time between two reports to the scheduler; shorter epochs travel together (trainables.reporting).
     report_interval_s: float = 0.0
     stream: bool | None = None  # keep data in host memory and move batches; None: only when it does not fit the device
@@ -107,7 +111,7 @@ def train_trial(
     training continues at the epoch after it. If the training loss stops being finite the trial ends with a last
     report carrying ``diverged`` (the reason).
     """
-    device = torch.device(settings.device)
+    device = canonical(settings.device)
     folds = [_Fold.build(params, d, settings, device, i) for i, d in enumerate([data] if isinstance(data, TrialData) else data)]
     first = folds[0]
     description = {"architecture": first.arch.to_dict(), "preprocessor": first.data.preprocessor, "params": params}
@@ -124,6 +128,7 @@ def train_trial(
             fold.optimizer.load_state_dict(optimizer_state)
         start_epoch = int(resume["epoch"]) + 1
         best = {k: resume[k] for k in best}
+        _restore_rng(resume.get("rng"), device)
 
     for epoch in range(start_epoch, settings.max_epochs + 1):
         results = []
@@ -154,7 +159,7 @@ def train_trial(
             optimizers = [f.optimizer.state_dict() for f in folds]
             # One fold keeps the checkpoint format of a plain trial; folds store one entry per fold.
             state = {"epoch": epoch, "model": models if len(folds) > 1 else models[0],
-                     "optimizer": optimizers if len(folds) > 1 else optimizers[0], **best}
+                     "optimizer": optimizers if len(folds) > 1 else optimizers[0], "rng": _rng_state(device), **best}
             snapshot = Snapshot(state=state, description=description)
         report(metrics, snapshot)
 
@@ -176,8 +181,13 @@ class _Fold:
     def build(cls, params: dict, data: TrialData, settings: TrainSettings, device: torch.device, index: int) -> _Fold:
         # Fold 0 trains exactly as a trial without folds (and as its refit); others get their own initialization.
         seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device, FOLD_SEED_STRIDE * index)
-        tensors = _place_data(data, device, settings.stream)
-        net = _maybe_compile(model, tensors[2][:2].to(device)) if settings.compile else model
+        tensors = _place_data(data, device, settings.stream, settings.gpu_share)
+        batch = min(int(params.get("batch_size", 64)), tensors[0].shape[0])
+        net = model
+        if settings.compile:
+            example = _to(tensors[0][:batch], device), _to(tensors[1][:batch], device)
+            use_amp = settings.amp and device.type == "cuda"
+            net = _maybe_compile(model, loss_fn, data.task, example, settings.compile, use_amp)
         return cls(data, arch, model, net, optimizer, loss_fn, tensors, seed)
 
     def epoch(self, epoch: int, batch_size: int, use_amp: bool, device: torch.device) -> tuple[float, dict | None]:
@@ -190,7 +200,7 @@ class _Fold:
                                   use_amp, device)
         if not math.isfinite(train_loss):
             return train_loss, None
-        return train_loss, _evaluate(self.net, self.loss_fn, task, x_val, y_val, self.data.preprocessor, use_amp, device)
+        return train_loss, _evaluate(self.net, self.loss_fn, task, x_val, y_val, self.data.preprocessor, device)
 
 
 def fold_std_name(metric: str) -> str:
@@ -210,20 +220,23 @@ def _mean_over_folds(results: list[dict[str, float]], sizes: list[int]) -> dict[
     return {key: sum(size * r[key] for r, size in zip(results, sizes)) / total for key in results[0]}
 
 
-def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0, device: str = "cpu") -> tuple[Architecture, dict]:
+def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0, device: str | torch.device = "cpu",
+                 amp: bool = False) -> tuple[Architecture, dict]:
     """Train a configuration for exactly ``epochs`` epochs on ``data``'s training rows and return its architecture and
     final weights (on the CPU). Nothing is held out, so nothing is selected: this is the retraining of a chosen
-    configuration on training + validation rows ("refit"), with the same initialization and batch-order rules as
-    :func:`train_trial`. Raises ``FloatingPointError`` if the training loss stops being finite.
+    configuration on training + validation rows ("refit"), with the same initialization, batch-order and precision
+    rules as :func:`train_trial` (``amp`` as the trials had it). Raises ``FloatingPointError`` if the training loss
+    stops being finite.
     """
-    torch_device = torch.device(device)
+    torch_device = canonical(device)
     seed, arch, model, optimizer, loss_fn = _setup(params, data, base_seed, torch_device)
     x = torch.tensor(data.x_train, device=torch_device)
     y = torch.tensor(data.y_train, device=torch_device)
     batch_size = int(params.get("batch_size", 64))
+    use_amp = amp and torch_device.type == "cuda"
     for epoch in range(1, epochs + 1):
         generator = torch.Generator().manual_seed(seed + epoch)
-        loss = _train_epoch(model, optimizer, loss_fn, data.task, x, y, batch_size, generator, False, torch_device)
+        loss = _train_epoch(model, optimizer, loss_fn, data.task, x, y, batch_size, generator, use_amp, torch_device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at epoch {epoch}")
     return arch, _cpu_copy(model.state_dict())
@@ -240,51 +253,111 @@ def _setup(params: dict, data: TrialData, base_seed: int, device: torch.device, 
     return seed, arch, model, make_optimizer(params, model), loss_function(data.task, params.get("loss"))
 
 
-def _place_data(data: TrialData, device: torch.device, stream: bool | None) -> list[torch.Tensor]:
+def _place_data(data: TrialData, device: torch.device, stream: bool | None, gpu_share: float = 1.0) -> list[torch.Tensor]:
     """Train/validation tensors: on the device when they fit (batches are then slices of a shuffled index, no
-    DataLoader collation), else in host memory (pinned on CUDA), each batch moved to the device as it is needed."""
+    DataLoader collation), else in host memory, each batch gathered into pinned memory and moved as it is needed."""
     arrays = (data.x_train, data.y_train, data.x_val, data.y_val)
     if stream is None:
-        stream = not _fits_on_device(sum(a.nbytes for a in arrays), device)
+        stream = not _fits_on_device(sum(a.nbytes for a in arrays), device, gpu_share)
     if not stream:
         # torch.tensor copies: arrays from Ray's object store are read-only.
         return [torch.tensor(a, device=device) for a in arrays]
     log.info("training data kept in host memory; batches are moved to %s one at a time", device)
-    host = [torch.tensor(a) for a in arrays]
-    return [t.pin_memory() for t in host] if device.type == "cuda" else host
+    # Not pinned as a whole: every batch is a gather (index_select) that makes a new tensor anyway, and that gather
+    # writes straight into pinned memory (see _to), so each row is copied once on the host and once to the device.
+    return [torch.tensor(a) for a in arrays]
 
 
-def _fits_on_device(nbytes: int, device: torch.device) -> bool:
-    if device.type != "cuda":
-        return True  # host memory: the arrays are already there
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= DEVICE_DATA_FRACTION * free
+def _fits_on_device(nbytes: int, device: torch.device, gpu_share: float = 1.0) -> bool:
+    """Whether data of ``nbytes`` may stay resident: at most DEVICE_DATA_FRACTION of what this process may still
+    allocate on the device (its share of the GPU when the trial holds a fraction of one)."""
+    budget = memory_budget(device, gpu_share)
+    return True if budget is None else nbytes <= DEVICE_DATA_FRACTION * budget
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on ``device``; from pinned host memory the copy is asynchronous (it overlaps the previous step)."""
-    if t.device == device:
+    """``t`` on ``device``: itself when it is already there (however the device was spelled); from host memory to a
+    GPU through pinned memory, asynchronously (the copy overlaps the previous step)."""
+    if same_device(t.device, device):
         return t
-    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
-def _maybe_compile(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def _gather(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` of ``t``, on ``device``. Streaming to a GPU, the rows are gathered straight into a pinned buffer
+    (from torch's caching host allocator, which keeps it alive until the asynchronous copy is done): one host copy."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        buffer = torch.empty((idx.numel(), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+        return torch.index_select(t, 0, idx, out=buffer).to(device, non_blocking=True)
+    return _to(t.index_select(0, idx), device)
+
+
+# Backend of torch.compile; tests switch it to "eager" (Dynamo's tracing and guards without inductor's code
+# generation) to check the reuse rules in seconds.
+COMPILE_BACKEND = "inductor"
+
+
+def _maybe_compile(model: nn.Module, loss_fn: Callable, task: str, example: tuple[torch.Tensor, torch.Tensor],
+                   mode: bool | str = True, use_amp: bool = False) -> nn.Module:
     """``torch.compile(model)``, or the model itself when compiling fails here (no C++ compiler, no Triton, ...).
 
-    Compilation is lazy, so one eval-mode forward pass (no dropout, no batch-norm update, no RNG use) forces it
-    now, where a failure can still fall back instead of failing the trial.
+    Ray reuses a worker for trial after trial, and Dynamo's caches are per process: every new model (a different
+    dropout rate is enough) adds guards and recompiles until the recompile limit silently sends the rest back to
+    eager. Each trial therefore starts from empty caches. Compilation is lazy, so one eval-mode forward and one
+    training-mode forward + backward on a real batch force all three graphs now, inside the fallback, and every
+    state they touch (weights, batch-norm statistics, gradients, the RNG dropout draws from) is put back.
     """
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    options = {"mode": mode} if isinstance(mode, str) else {}
+    saved_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    device = example[0].device
+    saved_rng = _rng_state(device)
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend=COMPILE_BACKEND, **options)
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            compiled(example)
+            compiled(example[0])
+        model.train()
+        with _autocast(device, use_amp):  # the training graph is traced as training will run it
+            loss = loss_fn(compiled(example[0]), loss_target(task, example[1]))
+        loss.backward()
         model.train(was_training)
         return compiled
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: train uncompiled
         log.warning("torch.compile failed (%s: %s); training without it", type(exc).__name__, str(exc)[:200])
         return model
+    finally:
+        model.load_state_dict(saved_state)
+        for p in model.parameters():
+            p.grad = None
+        _restore_rng(saved_rng, device)
+
+
+def _autocast(device: torch.device, use_amp: bool):
+    """bf16 autocast for training steps on a GPU when asked; nothing otherwise."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+
+def _rng_state(device: torch.device) -> dict:
+    """The random state dropout draws from (the CPU generator, and the GPU's when training there): saved in every
+    checkpoint, so a resumed trial draws the same masks an uninterrupted one would have."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict | None, device: torch.device) -> None:
+    if not state:
+        return  # a checkpoint written before RNG state was saved: resume as before
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _diverged_result(epoch: int, reason: str, metric: str, sign: float, best: dict) -> dict:
@@ -309,12 +382,12 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     # Dropping the gradients directly is what zero_grad(set_to_none=True) does, without its per-call profiler
     # and dispatch wrappers (~40 us a batch, several percent of a small MLP's step on CPU).
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    autocast = _autocast(device, use_amp)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         if idx.numel() < 2 and n > 1:
             continue  # a batch of one row breaks batch norm and adds nothing
-        xb, yb = _to(x.index_select(0, idx), device), _to(y.index_select(0, idx), device)
+        xb, yb = _gather(x, idx, device), _gather(y, idx, device)
         with autocast:
             loss = loss_fn(model(xb), loss_target(task, yb))
         for p in parameters:
@@ -328,11 +401,12 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     return float(torch.stack(losses).float() @ torch.tensor(sizes, dtype=torch.float32, device=device)) / n
 
 
-def _evaluate(model, loss_fn, task, x, y, prep, use_amp, device) -> dict[str, float] | None:
-    """Validation loss and task metrics, computed in large batches without gradients."""
+def _evaluate(model, loss_fn, task, x, y, prep, device) -> dict[str, float] | None:
+    """Validation loss and task metrics, computed in large batches without gradients, always in fp32: they rank
+    trials and drive ASHA's decisions, so bf16 rounding (~1e-3 relative) would reorder close trials."""
     model.eval()
     y = _to(y, device)
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
         outputs = torch.cat([model(_to(x[i : i + EVAL_BATCH], device)) for i in range(0, x.shape[0], EVAL_BATCH)]).float()
         val_loss = float(loss_fn(outputs, loss_target(task, y)))
     if not bool(torch.isfinite(outputs).all()):
