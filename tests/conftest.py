@@ -79,7 +79,9 @@ def ray_session():
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # One logical GPU (there is no physical one): lets tests see how Ray assigns GPUs to tasks and trials. Trials of
+    # the searches here ask for none, so they never wait for it.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
