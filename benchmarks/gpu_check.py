@@ -52,7 +52,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -109,6 +108,10 @@ except Exception as exc:  # noqa: BLE001
     sys.exit(2)
 
 HEAVY_AFTER_IMPORT = _heavy_modules()
+# One intra-op thread for all CPU work, as a Ray trial with cpus_per_trial=1 has (and no oversubscription of a
+# shared machine: with every core's thread in a barrier, one busy core stalls the whole step).
+TORCH_THREADS_AT_START = torch.get_num_threads()
+torch.set_num_threads(1)
 RESULT: dict = {"failures": [], "warnings": [], "skipped": [], "sections": {}, "quick": QUICK, "budget_s": BUDGET_S}
 HAS_CUDA = torch.cuda.is_available()
 NO_CUDA = "SKIP (no CUDA device)"
@@ -119,6 +122,7 @@ REPS = 3 if QUICK else 10  # repetitions in the breakdown
 TF32_DEFAULTS = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 SUMMARY_ROWS: dict[str, dict] = {}  # label -> samples/s etc., filled by the throughput sections
 CURRENT = {"section": None}
+LAST_COMPILED_TRIAL_S = [0.0]  # how long the last compiled trial took: sizes the time boxes of the next ones
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -174,11 +178,6 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def set_tf32(enabled: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-
-
 def restore_tf32() -> None:
     """prepare_device turns TF32 on for the whole process; every measurement other than the TF32 one runs without."""
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TF32_DEFAULTS
@@ -193,6 +192,11 @@ def state_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys(), (sorted(a), sorted(b))
     return max((float((a[k].double().cpu() - b[k].double().cpu()).abs().max()) if a[k].numel() else 0.0 for k in a),
                default=0.0)
+
+
+def unfinished(metrics: dict) -> dict:
+    """Epoch metrics without ``finished`` (which depends on max_epochs, not on the training)."""
+    return {k: v for k, v in metrics.items() if k != "finished"}
 
 
 def _tensors(obj, prefix=""):
@@ -225,7 +229,8 @@ def fp32_validation(weights: dict, description: dict, data, device) -> dict:
         outputs = model(xv).float()
         val_loss = float(loss_function(data.task, description.get("params", {}).get("loss"))(
             outputs, loss_target(data.task, yv)))
-    return {"val_loss": val_loss, **validation_metrics(data.task, outputs, yv, data.preprocessor.get("target_scale", 1.0))}
+    scale = data.preprocessor.get("target_scale", 1.0)
+    return {"val_loss": val_loss, **validation_metrics(data.task, outputs, yv, scale)}
 
 
 def timed_trial(params: dict, data, settings, resume=None) -> dict:
@@ -256,7 +261,8 @@ def rates(run: dict, n_rows: int) -> dict:
         steady = (times[-1] - times[k - 1]) / (epochs - k)
     overhead = (times[k - 1] - run["start"]) - k * steady
     return {"samples_per_s": round(n_rows / steady), "ms_per_epoch": round(1000 * steady, 3),
-            "setup_or_compile_s": round(overhead, 3), "epochs": epochs, "total_s": round(run["end"] - run["start"], 3)}
+            "setup_or_compile_s": round(max(0.0, overhead), 3), "epochs": epochs,
+            "total_s": round(run["end"] - run["start"], 3)}
 
 
 def count_syncs(fn) -> int:
@@ -272,6 +278,14 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def cudagraph_skips() -> int:
+    """How many compiled graphs inductor has refused to run as CUDA graphs so far (reduce-overhead then runs them
+    as plain compiled code; TORCH_LOGS=cudagraphs says why)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 class Unavailable(Exception):
     """A private function of the training loop is gone or changed: the measurement that needs it is skipped."""
 
@@ -281,7 +295,8 @@ def private_loop():
     real loop, not a copy of it). Raises :class:`Unavailable` when a refactor renamed them or changed their
     parameters, so the breakdown prints a SKIP instead of crashing."""
     expected = {
-        "_train_epoch": ["model", "optimizer", "loss_fn", "task", "x", "y", "batch_size", "generator", "use_amp", "device"],
+        "_train_epoch": ["model", "optimizer", "loss_fn", "task", "x", "y", "batch_size", "generator", "use_amp",
+                         "device"],
         "_evaluate": ["model", "loss_fn", "task", "x", "y", "prep", "device"],
     }
     found = []
@@ -303,7 +318,8 @@ def versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
            "cuda_available": HAS_CUDA, "numpy": np.__version__, "quick": QUICK,
            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-           "torch_num_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "torch_num_threads_default": TORCH_THREADS_AT_START, "torch_num_threads_used": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(),
            "trainables": os.path.dirname(trainables.__file__),
            "modules_ray_mlflow_optuna_after_import": HEAVY_AFTER_IMPORT,
            "tf32_matmul_default": TF32_DEFAULTS[0], "tf32_cudnn_default": TF32_DEFAULTS[1]}
@@ -361,9 +377,10 @@ def device_section(data) -> dict:
 
     noop = lambda m, s: None  # noqa: E731
     for spelling in ("cuda", "cuda:0"):
+        one_epoch = TrainSettings(max_epochs=1, device=spelling)
         checks = {
-            "train_trial resident": lambda: train_trial(PARAMS, data, TrainSettings(max_epochs=1, device=spelling, stream=False), noop),
-            "train_trial streamed": lambda: train_trial(PARAMS, data, TrainSettings(max_epochs=1, device=spelling, stream=True), noop),
+            "train_trial resident": lambda: train_trial(PARAMS, data, dataclasses.replace(one_epoch, stream=False), noop),
+            "train_trial streamed": lambda: train_trial(PARAMS, data, dataclasses.replace(one_epoch, stream=True), noop),
             "train_epochs (refit)": lambda: train_epochs(PARAMS, data, 1, 0, device=spelling),
         }
         for name, fn in checks.items():
@@ -375,8 +392,8 @@ def device_section(data) -> dict:
             except Exception as exc:  # noqa: BLE001
                 out[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 fail(f"{key}: {out[key]}")
-    out["device_for_checks"] = "cuda" if all(out[f"device='cuda' {n}"] == "ok" for n in
-                                              ("train_trial resident", "train_trial streamed", "train_epochs (refit)")) else "cuda:0"
+    unindexed_ok = all(v == "ok" for k, v in out.items() if k.startswith("device='cuda' "))
+    out["device_for_checks"] = "cuda" if unindexed_ok else "cuda:0"
     if out["device_for_checks"] == "cuda:0":
         info("the remaining CUDA checks use device='cuda:0' so they still measure something")
 
@@ -415,6 +432,14 @@ def device_section(data) -> dict:
             out["allocation_above_share"] = "OutOfMemoryError (capped)"
             info("allocating 30% of the GPU under a 0.25 share raises OutOfMemoryError: capped")
         torch.cuda.empty_cache()
+        try:
+            block = torch.empty(int(0.2 * total), dtype=torch.uint8, device="cuda:0")
+            del block
+            out["allocation_below_share"] = "succeeded"
+        except torch.cuda.OutOfMemoryError as exc:
+            out["allocation_below_share"] = f"OutOfMemoryError: {str(exc)[:150]}"
+            fail(f"with gpu_share 0.25 the process cannot allocate 20% of the GPU: {str(exc)[:150]}")
+        torch.cuda.empty_cache()
         budget_share = D.memory_budget(torch.device("cuda", 0), 0.25)
         budget_full = D.memory_budget(torch.device("cuda"), 1.0)
         out["memory_budget_gib"] = {"share_0.25": round(budget_share / 2**30, 2), "whole": round(budget_full / 2**30, 2),
@@ -440,8 +465,10 @@ def throughput(data, dev: str | None) -> dict:
     n = len(data.x_train)
     runs = [("cpu (1 thread)", "cpu", {}), ("cpu streamed (1 thread)", "cpu", {"stream": True})]
     if dev:
-        runs += [("cuda fp32", dev, {"stream": False}), ("cuda fp32+tf32 (prepare_device)", dev, {"stream": False, "tf32": True}),
-                 ("cuda bf16 amp", dev, {"stream": False, "amp": True}), ("cuda streamed fp32", dev, {"stream": True})]
+        runs += [("cuda fp32", dev, {"stream": False}),
+                 ("cuda fp32+tf32 (prepare_device)", dev, {"stream": False, "tf32": True}),
+                 ("cuda bf16 amp", dev, {"stream": False, "amp": True}),
+                 ("cuda streamed fp32", dev, {"stream": True})]
     else:
         skip_cuda("throughput", "CUDA fp32, fp32+TF32, bf16 AMP and streamed samples/s")
     out, finals = {}, {}
@@ -522,7 +549,8 @@ def breakdown(data, dev: str | None) -> dict:
     threads = torch.get_num_threads()
     rows = [("cpu (1 thread)", "cpu", False, False)]
     if dev:
-        rows += [("cuda fp32", dev, False, False), ("cuda bf16 amp", dev, True, False), ("cuda streamed fp32", dev, False, True)]
+        rows += [("cuda fp32", dev, False, False), ("cuda bf16 amp", dev, True, False),
+                 ("cuda streamed fp32", dev, False, True)]
     for label, device_name, amp, stream in (rows if train_epoch else []):
         device = D.canonical(device_name)
         torch.set_num_threads(1 if device.type == "cpu" else threads)
@@ -549,8 +577,9 @@ def breakdown(data, dev: str | None) -> dict:
             sync(device)
             row["evaluate_ms"] = round(1000 * (time.perf_counter() - start) / REPS, 3)
             if device.type == "cuda":
+                gen = torch.Generator().manual_seed(7)
                 row["host_syncs_train_epoch"] = count_syncs(
-                    lambda: train_epoch(model, opt, loss_fn, task, x, y, 64, torch.Generator().manual_seed(7), amp, device))
+                    lambda: train_epoch(model, opt, loss_fn, task, x, y, 64, gen, amp, device))
                 row["host_syncs_evaluate"] = count_syncs(lambda: evaluate(model, loss_fn, task, xv, yv, prep, device))
                 if row["host_syncs_train_epoch"] >= steps:
                     fail(f"{label}: {row['host_syncs_train_epoch']} host syncs in one epoch of {steps} steps: "
@@ -619,7 +648,8 @@ def resume(data, dev: str | None) -> dict:
             equal = diff == 0 and same_metrics
             row.update({"resume_vs_uninterrupted_max_abs_diff": diff, "uninterrupted_run_to_run_max_abs_diff": noise,
                         "metrics_equal": same_metrics, "equal": equal,
-                        "val_loss_resumed": resumed[-1][0]["val_loss"], "val_loss_uninterrupted": full[-1][0]["val_loss"]})
+                        "val_loss_resumed": resumed[-1][0]["val_loss"],
+                        "val_loss_uninterrupted": full[-1][0]["val_loss"]})
             info(f"dropout {dropout}: resumed-at-2 vs uninterrupted 4 epochs on {device}: max |dw| = {diff:.3g}, "
                  f"metrics equal: {same_metrics} (two uninterrupted runs: {noise:.3g}); val_loss "
                  f"{resumed[-1][0]['val_loss']:.6f} vs {full[-1][0]['val_loss']:.6f}")
@@ -651,7 +681,8 @@ def resume(data, dev: str | None) -> dict:
             info(f"  model/ loaded on CPU vs the same weights on {device}: max |dlogit| {out_diff:.3g}, "
                  f"argmax agreement {agree:.4f}")
             if out_diff > 1e-3 or agree < 0.99:
-                fail(f"the checkpoint's model on CPU disagrees with {device}: max |dlogit| {out_diff:.3g}, agreement {agree}")
+                fail(f"the checkpoint's model on CPU disagrees with {device}: max |dlogit| {out_diff:.3g}, "
+                     f"agreement {agree}")
             cpu_resumed: list = []
             train_trial(p, data, TrainSettings(max_epochs=3, device="cpu", checkpoint_every=1), collect(cpu_resumed),
                         resume=load_checkpoint(tmp))
@@ -664,8 +695,7 @@ def resume(data, dev: str | None) -> dict:
                  f"(uninterrupted on {device}: {full[2][0]['val_loss']:.6f}), optimizer state on {opt_devices}")
             if last[0]["epoch"] != 3 or opt_devices != ["cpu"]:
                 fail(f"resuming the {device} checkpoint on CPU went wrong: {row['resumed_on_cpu']}")
-            unfinished = {k: v for k, v in last[0].items() if k != "finished"}
-            if device == "cpu" and noise == 0 and unfinished != {k: v for k, v in full[2][0].items() if k != "finished"}:
+            if device == "cpu" and noise == 0 and unfinished(last[0]) != unfinished(full[2][0]):
                 fail(f"dropout {dropout}: resumed on the CPU for one epoch differs from the uninterrupted epoch 3")
     return out
 
@@ -694,7 +724,8 @@ def metrics_check(data, dev: str | None) -> dict:
         results = {"cpu": validation_metrics(task, outputs, y, scale)}
         if dev:
             results["cuda"] = validation_metrics(task, outputs.to(dev), y.to(dev), scale)
-            out[f"{task}_host_syncs_on_cuda"] = count_syncs(lambda: validation_metrics(task, outputs.to(dev), y.to(dev), scale))
+            on_device = outputs.to(dev), y.to(dev)
+            out[f"{task}_host_syncs_on_cuda"] = count_syncs(lambda: validation_metrics(task, *on_device, scale))
         for where, values in results.items():
             for key, expected in ref.items():
                 if not math.isclose(values[key], expected, rel_tol=1e-9, abs_tol=1e-9):
@@ -704,8 +735,9 @@ def metrics_check(data, dev: str | None) -> dict:
                 if not math.isclose(results["cpu"][key], results["cuda"][key], rel_tol=1e-12, abs_tol=1e-12):
                     fail(f"validation_metrics({task}) {key}: CUDA {results['cuda'][key]!r} != CPU {results['cpu'][key]!r}")
         out[task] = results
-        info(f"{task:10s} " + "  ".join(f"{w}: " + ", ".join(f"{k}={v:.6f}" for k, v in r.items()) for w, r in results.items())
-             + " == scikit-learn" + (f"  (host syncs on CUDA: {out.get(f'{task}_host_syncs_on_cuda')})" if dev else ""))
+        shown = "  ".join(f"{w}: " + ", ".join(f"{k}={v:.6f}" for k, v in r.items()) for w, r in results.items())
+        syncs = f"  (host syncs on CUDA: {out[f'{task}_host_syncs_on_cuda']})" if dev else ""
+        info(f"{task:10s} {shown} == scikit-learn{syncs}")
     out["amp_trial_validation_is_fp32"] = _amp_validation(data, dev or "cpu")
     return out
 
@@ -728,7 +760,8 @@ def _amp_validation(data, device: str) -> dict:
     epochs = 2 if QUICK else 8
     for name, d in (("digits", data), ("diabetes", diabetes)):
         reports: list = []
-        train_trial(PARAMS, d, TrainSettings(max_epochs=epochs, device=device, amp=True, checkpoint_every=1), collect(reports))
+        settings = TrainSettings(max_epochs=epochs, device=device, amp=True, checkpoint_every=1)
+        train_trial(PARAMS, d, settings, collect(reports))
         metrics, snapshot = reports[-1]
         weights = snapshot.state["model"]
         here = fp32_validation(weights, snapshot.description, d, device)
@@ -789,15 +822,23 @@ def throughput_compiled(data, dev: str | None) -> dict:
     n = len(data.x_train)
     out: dict = {}
     eager = SUMMARY_ROWS.get("cuda fp32", {}).get("final_val_loss")
-    for label, mode, need in (("cuda compile=True", True, 70), ("cuda reduce-overhead (CUDA graphs)", "reduce-overhead", 55)):
+    modes = (("cuda compile=True", True, 70), ("cuda reduce-overhead (CUDA graphs)", "reduce-overhead", 55))
+    for label, mode, need in modes:
+        need = max(need, 1.5 * LAST_COMPILED_TRIAL_S[0])  # the previous compiled trial tells what one costs here
         if remaining() < need:
             skip(f"[throughput_compiled] {label}: only {remaining():.0f}s of the budget left (needs {need}s)")
             continue
+        skips = cudagraph_skips()
         run = timed_trial(PARAMS, data, TrainSettings(max_epochs=EPOCHS, device=dev, checkpoint_every=5, compile=mode,
                                                       stream=False))
         last = run["marks"][-1][1]
-        row = {**rates(run, n), "final_val_loss": last["val_loss"], "final_val_accuracy": last["val_accuracy"]}
+        row = {**rates(run, n), "final_val_loss": last["val_loss"], "final_val_accuracy": last["val_accuracy"],
+               "cudagraph_skips": cudagraph_skips() - skips}
+        if mode == "reduce-overhead" and row["cudagraph_skips"]:
+            warn(f"{label}: inductor ran {row['cudagraph_skips']} graph(s) without CUDA graphs (TORCH_LOGS=cudagraphs "
+                 "says why): this row is not a CUDA-graphs measurement")
         out[label] = SUMMARY_ROWS[label] = row
+        LAST_COMPILED_TRIAL_S[0] = row["total_s"]
         info(f"{label:34s} {row['samples_per_s']:>9,} samples/s  {row['ms_per_epoch']:8.2f} ms/epoch  "
              f"compile+record {row['setup_or_compile_s']:6.2f}s  val_loss {last['val_loss']:.5f}")
         if eager is not None and abs(last["val_loss"] - eager) / max(abs(eager), 1e-12) > 0.05:
@@ -838,21 +879,29 @@ def compile_check(data, dev: str | None) -> dict:
     out: dict = {"trials": []}
     try:
         for i, (arch, mode) in enumerate(trials):
-            if remaining() < 25:
-                skip(f"[compile] stopped after {i} trials (budget)")
+            need = max(25.0, 1.5 * LAST_COMPILED_TRIAL_S[0])
+            if remaining() < need:
+                skip(f"[compile] stopped after {i} trials: {remaining():.0f}s of the budget left, a trial may take "
+                     f"{need:.0f}s")
                 break
-            before = (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()))
+            before = (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), cudagraph_skips())
             reports: list = []
             start = time.perf_counter()
-            train_trial({**PARAMS, **arch}, data, TrainSettings(max_epochs=3, device=dev, compile=mode), collect(reports))
+            settings = TrainSettings(max_epochs=3, device=dev, compile=mode)
+            train_trial({**PARAMS, **arch}, data, settings, collect(reports))
             sync(dev)
             row = {"arch": arch, "mode": mode, "seconds": round(time.perf_counter() - start, 2),
                    "graphs": counters["stats"]["unique_graphs"] - before[0],
                    "graph_breaks": sum(counters["graph_break"].values()) - before[1],
+                   "cudagraph_skips": cudagraph_skips() - before[2],
                    "val_loss": reports[-1][0]["val_loss"]}
+            LAST_COMPILED_TRIAL_S[0] = row["seconds"]
             out["trials"].append(row)
             info(f"compiled trial {i}: {row}")
-        if remaining() >= 25:
+            if mode == "reduce-overhead" and row["cudagraph_skips"]:
+                warn(f"compiled trial {i} ({arch}, reduce-overhead): {row['cudagraph_skips']} graph(s) ran without CUDA "
+                     "graphs (TORCH_LOGS=cudagraphs says why)")
+        if remaining() >= max(25.0, 1.5 * LAST_COMPILED_TRIAL_S[0]):
             out["reduce_overhead_large_validation"] = _large_validation(data, dev)
         else:
             skip("[compile] reduce-overhead with a validation split larger than one evaluation batch (budget)")
@@ -869,7 +918,7 @@ def compile_check(data, dev: str | None) -> dict:
         fail(f"torch.compile fell back to eager on CUDA: {fallbacks[0][:200]}")
     if hits:
         fail(f"Dynamo hit its recompile limit within {len(out['trials'])} compiled trials: {hits[0][:200]}")
-    if len(out["trials"]) < 4 and remaining() < 25:
+    if len(out["trials"]) < 4:
         warn(f"only {len(out['trials'])} compiled trials fitted in the budget (4+ wanted)")
     return out
 
@@ -885,7 +934,9 @@ def _large_validation(data, dev: str) -> dict:
     train_trial(PARAMS, big, TrainSettings(max_epochs=2, device=dev), collect(eager))
     try:
         graphs: list = []
+        skips = cudagraph_skips()
         train_trial(PARAMS, big, TrainSettings(max_epochs=2, device=dev, compile="reduce-overhead"), collect(graphs))
+        out["cudagraph_skips"] = cudagraph_skips() - skips
     except Exception as exc:  # noqa: BLE001
         out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         fail(f"compile='reduce-overhead' with {len(big.x_val)} validation rows (> 2 x EVAL_BATCH) crashed: {out['error']}")
@@ -921,19 +972,21 @@ def summary() -> dict:
         "compile/fp32": ratio("cuda compile=True", "cuda fp32"),
         "streamed/resident (cuda)": ratio("cuda streamed fp32", "cuda fp32"),
         "gpu fp32/cpu": ratio("cuda fp32", "cpu (1 thread)"),
-        f"best gpu ({best_gpu})/cpu": ratio(best_gpu, "cpu (1 thread)") if best_gpu else None,
+        "best gpu/cpu": ratio(best_gpu, "cpu (1 thread)") if best_gpu else None,
         "streamed/resident (cpu)": ratio("cpu streamed (1 thread)", "cpu (1 thread)"),
     }
     print("\n== summary: train_trial on digits (2x128 ReLU MLP, Adam, batch 64; training + per-epoch validation)")
     print(f"  {'run':36s} {'samples/s':>10s} {'ms/epoch':>9s} {'setup/compile s':>16s} {'vs cuda fp32':>13s}")
     for label, row in rows.items():
         vs = ratio(label, "cuda fp32")
-        print(f"  {label:36s} {row['samples_per_s']:>10,} {row['ms_per_epoch']:>9.2f} {row['setup_or_compile_s']:>16.3f} "
-              f"{(f'x{vs:.2f}' if vs else '-'):>13s}")
+        print(f"  {label:36s} {row['samples_per_s']:>10,} {row['ms_per_epoch']:>9.2f} "
+              f"{row['setup_or_compile_s']:>16.3f} {(f'x{vs:.2f}' if vs else '-'):>13s}")
     print("  ratios: " + ", ".join(f"{k} {('x%.2f' % v) if v is not None else 'n/a'}" for k, v in ratios.items()))
     if not HAS_CUDA:
         print("  (no CUDA device: the GPU rows and ratios are n/a)")
-    out = {"rows": rows, "ratios": ratios}
+    if best_gpu:
+        print(f"  best GPU run: {best_gpu}")
+    out = {"rows": rows, "ratios": ratios, "best_gpu_run": best_gpu}
     amp = ratios["amp_bf16/fp32"]
     if amp is not None and amp < 0.95:
         warn(f"bf16 AMP makes this small MLP slower: x{amp:.2f} of fp32")
@@ -943,7 +996,7 @@ def summary() -> dict:
     return out
 
 
-def finish(final: bool = True) -> int:
+def finish() -> int:
     try:
         RESULT["summary"] = summary()
     except Exception as exc:  # noqa: BLE001
@@ -977,7 +1030,7 @@ def _watchdog() -> None:
     """Stop at the hard limit with whatever was measured (a compile can take longer than its time box)."""
     fail(f"hard time limit {HARD_LIMIT_S:.0f}s reached in section {CURRENT['section']}; stopping with partial results")
     try:
-        finish(final=False)
+        finish()
     finally:
         os._exit(1)
 

@@ -23,7 +23,7 @@ from search.config import load_config
 from search.dataset import split_from_config
 from search.searcher import make_sampler
 from search.space import define_by_run
-from trainables.device import local_device, prepare_device
+from trainables.device import local_device
 from trainables.train import TrainSettings, train_trial
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, args.set)
     data = split_from_config(cfg).trial_data()
     sample = define_by_run(cfg.space)
-    device = prepare_device(local_device(cfg.resources.gpus_per_trial))
+    device = local_device(cfg.resources.gpus_per_trial)
     settings = TrainSettings(max_epochs=cfg.scheduler.max_epochs, metric=cfg.search.metric, seed=cfg.search.seed or 0,
                              checkpoint_every=cfg.training.checkpoint_every, amp=cfg.training.amp, device=device)
     # Trials are threads of one process here, so the thread count is shared: give each its share of CPUs.

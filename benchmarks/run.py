@@ -55,13 +55,12 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
 
         from search.config import load_config
         from search.dataset import split_from_config
-        from trainables.device import prepare_device
 
         data = split_from_config(load_config(config)).trial_data()
         results["throughput"] = throughput.measure(data, budget.throughput_epochs, budget.throughput_reps)
         if machine.gpu_name() != "none":
             results["throughput_gpu"] = throughput.measure(data, budget.throughput_epochs, budget.throughput_reps,
-                                                          prepare_device(torch.device("cuda", 0)))
+                                                          torch.device("cuda", 0))
         _save(results, out)  # a later part that fails keeps what is done
     # Both searches: 2 trials at a time, one CPU each (the 2-CPU setting), no early stopping.
     common = ["search.max_concurrent=2", "resources.cpus_per_trial=1"]

@@ -31,7 +31,7 @@ from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
-from trainables.device import local_device, prepare_device
+from trainables.device import local_device
 from trainables.model import Architecture
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
 from trainables.predict import model_outputs, predict_frame, probabilities, regression_values
@@ -215,7 +215,7 @@ Retrain = Callable[[dict, TrialData, int], tuple[Architecture, dict]]
 def _retrainer(cfg: HpsConfig) -> Retrain:
     """Refit trains the way the search's trials trained: same seed rule, same kind of device (a GPU only when the
     trials had one and this machine has one too, set up as the trials' were: TF32, AMP as configured)."""
-    device = prepare_device(local_device(cfg.resources.gpus_per_trial))
+    device = local_device(cfg.resources.gpus_per_trial)
     return functools.partial(train_epochs, base_seed=cfg.training_seed, device=device, amp=cfg.training.amp)
 
 

@@ -12,7 +12,7 @@ from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import TrialData
-from trainables.device import hide_gpus_from_cpu_trial, prepare_device, trial_device
+from trainables.device import hide_gpus_from_cpu_trial, trial_device
 from trainables.reporting import EpochBatcher
 from trainables.train import Snapshot, TrainSettings, train_trial
 
@@ -21,10 +21,10 @@ def tune_trainable(config: dict, data: TrialData | list[TrialData], settings: Tr
     """Ray Tune entry point: resume from Tune's checkpoint if any, train, report every epoch to Tune."""
     torch.set_num_threads(max(1, settings.num_threads))
     # The device follows what Ray assigned this trial, not what the process can see: Ray 2.60 leaves every GPU
-    # visible to trials that asked for none (see trainables.device).
+    # visible to trials that asked for none (see trainables.device). train_trial sets the device up (TF32, the
+    # memory cap of a fractional GPU) and refuses a GPU that CUDA cannot use.
     device = trial_device(ray.get_gpu_ids())
     hide_gpus_from_cpu_trial(device)
-    device = prepare_device(device, settings.gpu_share)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

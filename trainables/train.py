@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from trainables.data import TrialData
-from trainables.device import canonical, memory_budget, same_device
+from trainables.device import memory_budget, prepare_device, same_device
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
 from trainables.model import Architecture, architecture_from_params, build_mlp
 
@@ -111,7 +111,7 @@ def train_trial(
     training continues at the epoch after it. If the training loss stops being finite the trial ends with a last
     report carrying ``diverged`` (the reason).
     """
-    device = canonical(settings.device)
+    device = prepare_device(settings.device, settings.gpu_share)
     folds = [_Fold.build(params, d, settings, device, i) for i, d in enumerate([data] if isinstance(data, TrialData) else data)]
     first = folds[0]
     description = {"architecture": first.arch.to_dict(), "preprocessor": first.data.preprocessor, "params": params}
@@ -182,13 +182,11 @@ class _Fold:
         # Fold 0 trains exactly as a trial without folds (and as its refit); others get their own initialization.
         seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device, FOLD_SEED_STRIDE * index)
         tensors = _place_data(data, device, settings.stream, settings.gpu_share)
-        batch = min(int(params.get("batch_size", 64)), tensors[0].shape[0])
-        net = model
+        fold = cls(data, arch, model, model, optimizer, loss_fn, tensors, seed)
         if settings.compile:
-            example = _to(tensors[0][:batch], device), _to(tensors[1][:batch], device)
-            use_amp = settings.amp and device.type == "cuda"
-            net = _maybe_compile(model, loss_fn, data.task, example, settings.compile, use_amp)
-        return cls(data, arch, model, net, optimizer, loss_fn, tensors, seed)
+            fold.net = _maybe_compile(fold, int(params.get("batch_size", 64)), device, settings.compile,
+                                      settings.amp and device.type == "cuda")
+        return fold
 
     def epoch(self, epoch: int, batch_size: int, use_amp: bool, device: torch.device) -> tuple[float, dict | None]:
         """Train one epoch and validate; the validation metrics are None when the model diverged."""
@@ -228,10 +226,11 @@ def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0,
     rules as :func:`train_trial` (``amp`` as the trials had it). Raises ``FloatingPointError`` if the training loss
     stops being finite.
     """
-    torch_device = canonical(device)
+    torch_device = prepare_device(device)
     seed, arch, model, optimizer, loss_fn = _setup(params, data, base_seed, torch_device)
-    x = torch.tensor(data.x_train, device=torch_device)
-    y = torch.tensor(data.y_train, device=torch_device)
+    # Resident or streamed by the same rule as the trials: the pooled rows are larger than a trial's training rows.
+    resident = _fits_on_device(data.x_train.nbytes + data.y_train.nbytes, torch_device)
+    x, y = (torch.tensor(a, device=torch_device if resident else None) for a in (data.x_train, data.y_train))
     batch_size = int(params.get("batch_size", 64))
     use_amp = amp and torch_device.type == "cuda"
     for epoch in range(1, epochs + 1):
@@ -299,34 +298,36 @@ def _gather(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.T
 COMPILE_BACKEND = "inductor"
 
 
-def _maybe_compile(model: nn.Module, loss_fn: Callable, task: str, example: tuple[torch.Tensor, torch.Tensor],
-                   mode: bool | str = True, use_amp: bool = False) -> nn.Module:
-    """``torch.compile(model)``, or the model itself when compiling fails here (no C++ compiler, no Triton, ...).
+def _maybe_compile(fold: _Fold, batch_size: int, device: torch.device, mode: bool | str, use_amp: bool) -> nn.Module:
+    """``torch.compile(fold.model)``, or the model itself when compiling fails here (no C++ compiler, no Triton, ...).
 
     Ray reuses a worker for trial after trial, and Dynamo's caches are per process: every new model (a different
     dropout rate is enough) adds guards and recompiles until the recompile limit silently sends the rest back to
-    eager. Each trial therefore starts from empty caches. Compilation is lazy, so one eval-mode forward and one
-    training-mode forward + backward on a real batch force all three graphs now, inside the fallback, and every
-    state they touch (weights, batch-norm statistics, gradients, the RNG dropout draws from) is put back.
+    eager. Each trial therefore starts from empty caches. Compilation is lazy, so every graph training will need is
+    forced now, inside the fallback: validation exactly as it runs, and a training forward + backward for the full
+    and the last, shorter batch. Every state this touches (weights, batch-norm statistics, gradients, the RNG dropout
+    draws from) is put back.
     """
     import torch._dynamo
 
+    model = fold.model
     torch._dynamo.reset()
     options = {"mode": mode} if isinstance(mode, str) else {}
     saved_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    device = example[0].device
     saved_rng = _rng_state(device)
+    x_train, y_train, x_val, y_val = fold.tensors
+    n = x_train.shape[0]
+    sizes = {min(batch_size, n), n % batch_size} - {0, 1}  # batches of one row are skipped in training
     try:
         compiled = torch.compile(model, backend=COMPILE_BACKEND, **options)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            compiled(example[0])
+        _evaluate(compiled, fold.loss_fn, fold.data.task, x_val, y_val, fold.data.preprocessor, device)
         model.train()
-        with _autocast(device, use_amp):  # the training graph is traced as training will run it
-            loss = loss_fn(compiled(example[0]), loss_target(task, example[1]))
-        loss.backward()
-        model.train(was_training)
+        for size in sorted(sizes, reverse=True):
+            idx = torch.arange(size, device=x_train.device)
+            with _autocast(device, use_amp):  # the training graph is traced as training will run it
+                loss = fold.loss_fn(compiled(_gather(x_train, idx, device)),
+                                    loss_target(fold.data.task, _gather(y_train, idx, device)))
+            loss.backward()
         return compiled
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: train uncompiled
         log.warning("torch.compile failed (%s: %s); training without it", type(exc).__name__, str(exc)[:200])
@@ -407,7 +408,10 @@ def _evaluate(model, loss_fn, task, x, y, prep, device) -> dict[str, float] | No
     model.eval()
     y = _to(y, device)
     with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
-        outputs = torch.cat([model(_to(x[i : i + EVAL_BATCH], device)) for i in range(0, x.shape[0], EVAL_BATCH)]).float()
+        # Each chunk's output is copied before the next chunk runs: with CUDA graphs (compile "reduce-overhead") the
+        # next replay of the same graph would overwrite it.
+        outputs = torch.cat([model(_to(x[i : i + EVAL_BATCH], device)).float().clone()
+                             for i in range(0, x.shape[0], EVAL_BATCH)])
         val_loss = float(loss_fn(outputs, loss_target(task, y)))
     if not bool(torch.isfinite(outputs).all()):
         return None  # weights blew up: no metric is meaningful
