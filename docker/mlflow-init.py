@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import requests
-from mlflow.exceptions import MlflowException
-from mlflow.server.auth.client import AuthServiceClient
+
+# Importing MLflow's auth client imports its FastAPI app, whose Starlette import warns about a
+# deprecation that is MLflow's business; keep this one-shot's output to its own lines.
+warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.server.auth.client import AuthServiceClient  # noqa: E402
 
 PREFIX = "hps-mlflow-init"
 

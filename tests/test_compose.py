@@ -904,6 +904,7 @@ def run_init(uri: str, admin: str, admin_password: str, username: str, password:
     return subprocess.run([sys.executable, str(MLFLOW_INIT)], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_mlflow_init_creates_a_non_admin_user_that_can_do_what_hps_does(basic_auth_server, tmp_path, monkeypatch):
     uri, admin, admin_password = basic_auth_server
     password = _good_secret()
@@ -957,6 +958,7 @@ def test_mlflow_init_creates_a_non_admin_user_that_can_do_what_hps_does(basic_au
         AuthServiceClient(uri).create_user("intruder", _good_secret())
 
 
+@pytest.mark.slow
 def test_mlflow_init_is_idempotent_resets_the_password_and_demotes_an_admin(basic_auth_server, monkeypatch):
     uri, admin, admin_password = basic_auth_server
     first, second = _good_secret(), _good_secret()
@@ -976,6 +978,7 @@ def test_mlflow_init_is_idempotent_resets_the_password_and_demotes_an_admin(basi
     assert me["user"]["is_admin"] is False
 
 
+@pytest.mark.slow
 def test_mlflow_init_fails_clearly_on_a_wrong_admin_password_or_the_admin_as_hps(basic_auth_server):
     uri, admin, admin_password = basic_auth_server
     result = run_init(uri, admin, _good_secret(), "hps-other", _good_secret())
