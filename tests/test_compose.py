@@ -959,6 +959,36 @@ def test_mlflow_init_creates_a_non_admin_user_that_can_do_what_hps_does(basic_au
 
 
 @pytest.mark.slow
+def test_hps_runs_evaluates_and_predicts_as_the_non_admin_user(basic_auth_server, tmp_path):
+    """The whole CLI path the compose stack's `hps` service takes, logged in as the user mlflow-init
+    creates: a search (local Ray), evaluate (registers the model) and predict from the registry."""
+    from sklearn.datasets import load_breast_cancer
+
+    uri, admin, admin_password = basic_auth_server
+    password = _good_secret()
+    assert run_init(uri, admin, admin_password, "hps-cli", password).returncode == 0
+    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "hps-cli", "MLFLOW_TRACKING_PASSWORD": password,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def hps(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "search.cli", *args, "--tracking-uri", uri], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    config = str(ROOT / "configs" / "breast_cancer.yaml")
+    run = hps("run", config, "--name", "bc-non-admin", "--num-samples", "2", "--max-epochs", "2",
+              "--storage", str(tmp_path / "runs"), "--set", "scheduler.grace_period=1",
+              "--set", "space.units.high=16", "--set", "search.max_concurrent=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    evaluated = hps("evaluate", "bc-non-admin")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    rows = tmp_path / "rows.csv"
+    load_breast_cancer(as_frame=True).data.head(7).to_csv(rows, index=False)
+    predicted = hps("predict", "models:/bc-non-admin@champion", str(rows), "-o", str(tmp_path / "out.csv"))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 8
+
+
+@pytest.mark.slow
 def test_mlflow_init_is_idempotent_resets_the_password_and_demotes_an_admin(basic_auth_server, monkeypatch):
     uri, admin, admin_password = basic_auth_server
     first, second = _good_secret(), _good_secret()
