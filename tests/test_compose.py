@@ -629,6 +629,21 @@ def test_rejects_secret_defaults_and_literals(compose):
     assert secret_problems(broken)
 
 
+def test_rejects_missing_ray_auth(compose):
+    broken = copy.deepcopy(compose)
+    del broken["services"]["ray-worker"]["environment"]["RAY_AUTH_MODE"]
+    assert ray_auth_problems(broken)
+    broken = copy.deepcopy(compose)
+    broken["services"]["hps"]["environment"]["RAY_AUTH_TOKEN"] = "${RAY_AUTH_TOKEN:-}"
+    assert ray_auth_problems(broken)
+    broken = copy.deepcopy(compose)
+    broken["services"]["extra-ray"] = {"image": "x", "command": ["ray", "start", "--head"]}
+    assert ray_auth_problems(broken) == [
+        "extra-ray: RAY_AUTH_MODE is None, not 'token'",
+        "extra-ray: RAY_AUTH_TOKEN must be a required ${VAR:?...} reference",
+    ]
+
+
 def test_rejects_password_on_a_command_line(compose):
     broken = copy.deepcopy(compose)
     # the old mlflow command: the shell expands the password into mlflow's argv
