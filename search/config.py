@@ -30,10 +30,20 @@ from pydantic import (
     model_validator,
 )
 
-from trainables.data import SKLEARN_DATASETS, SOURCE_KINDS, TABLE_KINDS, TASKS
-from trainables.metrics import LOSSES, MAXIMIZED, REGRESSION_LOSSES, TASK_METRICS
-from trainables.model import ACTIVATIONS, NORMS
-from trainables.train import OPTIMIZERS
+# Names only (no torch, pandas or scikit-learn): `hps validate` answers in a fraction of a second.
+from trainables.names import (
+    ACTIVATIONS,
+    LOSSES,
+    MAXIMIZED,
+    NORMS,
+    OPTIMIZERS,
+    REGRESSION_LOSSES,
+    SKLEARN_DATASETS,
+    SOURCE_KINDS,
+    TABLE_KINDS,
+    TASK_METRICS,
+    TASKS,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 SEARCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

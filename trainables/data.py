@@ -37,11 +37,10 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from trainables.names import SOURCE_KINDS, TABLE_KINDS, TASKS, DataError  # noqa: F401 - re-exported here
+
 log = logging.getLogger(__name__)
 
-TASKS = ("binary", "multiclass", "regression")
-SOURCE_KINDS = ("sklearn", "csv", "parquet", "idx", "npz")
-TABLE_KINDS = ("csv", "parquet")  # sources with named columns: they need a target column
 SKLEARN_DATASETS = {
     "digits": sk_datasets.load_digits,
     "wine": sk_datasets.load_wine,
@@ -66,10 +65,6 @@ IDX_FILES = {  # split -> (images, labels), without the optional .gz
     "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049  # unsigned bytes, 3 and 1 dimensions
-
-
-class DataError(ValueError):
-    """The data cannot be used as configured (missing file, bad target, ...)."""
 
 
 @dataclass
