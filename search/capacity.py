@@ -82,7 +82,8 @@ def _optimizer_copies(spec: Any) -> int:
 
 def concurrent_trials(cfg: HpsConfig) -> int:
     """Trials that run at once on this host: the searcher's limit, the trial count and the CPUs they need."""
-    by_cpu = max(1, math.floor((os.cpu_count() or 1) / cfg.resources.cpus_per_trial))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    by_cpu = max(1, math.floor(cpus / cfg.resources.cpus_per_trial))
     return max(1, min(cfg.search.max_concurrent, cfg.search.num_samples, by_cpu))
 
 

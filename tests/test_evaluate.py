@@ -295,7 +295,9 @@ def test_top_k_evaluates_and_registers_the_average_of_the_best_trials(csv_search
 
     # What was evaluated is what the registry, the search name and the pyfunc now serve.
     mlflow.set_tracking_uri(mlflow_server)
-    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(rows.reset_index(drop=True))
+    # (whole-number columns as doubles: the signature's type, which MLflow does not convert int64 to by itself)
+    as_doubles = rows.reset_index(drop=True).astype({c: float for c in rows.select_dtypes("integer").columns})
+    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(as_doubles)
     assert np.allclose(served["prediction"], mean_prediction, rtol=1e-5)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     predict_file(mlflow_server, "eval-cars", str(tmp_path / "rows.csv"), str(tmp_path / "by_name.csv"))
