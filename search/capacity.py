@@ -80,10 +80,14 @@ def _optimizer_copies(spec: Any) -> int:
     return COPIES_SGD if all(v == "sgd" for v in values) else COPIES_ADAM
 
 
+def host_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's share, not the whole machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def concurrent_trials(cfg: HpsConfig) -> int:
     """Trials that run at once on this host: the searcher's limit, the trial count and the CPUs they need."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    by_cpu = max(1, math.floor(cpus / cfg.resources.cpus_per_trial))
+    by_cpu = max(1, math.floor(host_cpus() / cfg.resources.cpus_per_trial))
     return max(1, min(cfg.search.max_concurrent, cfg.search.num_samples, by_cpu))
 
 
@@ -144,3 +148,13 @@ def shape_of(split) -> DataShape:
     prep = split.preprocessor
     return DataShape(rows=len(split.train_idx) + len(split.val_idx), inputs=len(prep.encoded_names),
                      outputs=prep.n_outputs, folds=len(split.folds) if split.folds is not None else 1)
+
+
+def check_this_host(cfg: HpsConfig, split, cpus: int | None = None, memory: int | None = None) -> None:
+    """What `hps run` checks before it starts a Ray of its own on this host: a trial's CPUs exist here (Tune would
+    otherwise wait for ever for a node that can take it), and the trials and their data fit in memory."""
+    cpus = host_cpus() if cpus is None else cpus
+    if cfg.resources.cpus_per_trial > cpus:
+        raise ConfigError("resources.cpus_per_trial", f"{cfg.resources.cpus_per_trial:g} CPUs per trial, but this host "
+                          f"has {cpus}: no trial could ever start (use --address to run on a larger Ray cluster)")
+    check_fits(cfg, shape_of(split), memory=memory)

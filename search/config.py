@@ -228,7 +228,9 @@ class SearchConfig(_Strict):
     mode: Literal["min", "max"] | None = None  # default: min for losses/errors, max for accuracy/F1/R²
     num_samples: PositiveInt = 50
     max_concurrent: PositiveInt = 4
-    max_failures: int = Field(default=2, ge=0)  # retries (from the last checkpoint) of a trial whose worker died
+    # Retries (from the last checkpoint) of a trial whose worker died. At most 100: a trial that fails every time
+    # would otherwise be retried for ever.
+    max_failures: int = Field(default=2, ge=0, le=100)
 
     @field_validator("metric")
     @classmethod

@@ -155,3 +155,34 @@ def test_hps_validate_as_a_process_does_not_load_torch(tmp_path):
     assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
     assert "reduction_factor" in proc.stderr and proc.stderr.count("\n") == 1
     assert elapsed < 3.0, elapsed  # ~0.5 s here; the bound leaves room for a busy CI machine
+
+
+def test_the_issue_command_ends_at_once(tmp_path):
+    """`hps run configs/digits.yaml --set scheduler.reduction_factor=1.0000000000000002` spun at 100% CPU until
+    killed; now it is a one-line error with exit 2, before anything is created."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(CONFIGS / "digits.yaml"), "--set",
+                           "scheduler.reduction_factor=1.0000000000000002", "--tracking-uri",
+                           f"sqlite:///{tmp_path}/never.db", "--storage", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "scheduler.reduction_factor" in proc.stderr and time.monotonic() - started < 30
+    assert not (tmp_path / "never.db").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_trial_needing_more_cpus_than_this_host_has_is_refused_before_ray_starts():
+    # Tune would wait for ever for a node with that many CPUs.
+    from search.capacity import check_this_host
+    from search.dataset import split_from_config
+
+    cfg = parse_config(with_sets("resources.cpus_per_trial=64"))
+    split = split_from_config(cfg)
+    with pytest.raises(ConfigError, match="^resources.cpus_per_trial: 64 CPUs per trial, but this host has 8: no trial"):
+        check_this_host(cfg, split, cpus=8)
+    check_this_host(cfg, split, cpus=64, memory=64 * GIB)
+
+
+def test_retries_are_bounded():
+    # A trial that fails every time was retried search.max_failures times: 10^9 is for ever.
+    with pytest.raises(ConfigError, match="^search.max_failures: Input should be less than or equal to 100"):
+        parse_config(with_sets("search.max_failures=1000000000"))
