@@ -34,6 +34,8 @@ from pydantic import (
 from trainables.names import (
     ACTIVATIONS,
     LOSSES,
+    MAX_CATEGORIES,
+    MAX_COLUMNS,
     MAXIMIZED,
     NORMS,
     OPTIMIZERS,
@@ -343,8 +345,8 @@ class LimitsConfig(_Strict):
     max_trials: PositiveInt = 10_000  # search.num_samples
     max_epochs: PositiveInt = 10_000  # scheduler.max_epochs
     max_batch_size: PositiveInt = 1_000_000  # space.batch_size
-    max_columns: PositiveInt = 20_000  # feature columns of the data (MNIST has 784)
-    max_categories: PositiveInt = 1_000  # distinct values of one text (categorical) feature column, one-hot encoded
+    max_columns: PositiveInt = MAX_COLUMNS  # feature columns of the data (MNIST has 784)
+    max_categories: PositiveInt = MAX_CATEGORIES  # distinct values of one text (categorical) feature column (one-hot)
     # Share of this host's memory the trials running at once may take together (the rest: Ray's object store
     # share aside, the driver, the OS). `hps run` and `hps validate` refuse a search whose largest network and
     # data need more; see search/capacity.py.

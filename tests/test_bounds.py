@@ -57,7 +57,7 @@ def test_limits_can_be_raised_where_a_search_needs_more():
     assert cfg.space["units"].high == 16384 and cfg.search.num_samples == 20000
     # The reference configs are well within the defaults.
     for path in sorted(CONFIGS.glob("*.yaml")):
-        parse_config(yaml.safe_load(path.read_text()))
+        check_fits(parse_config(yaml.safe_load(path.read_text())), memory=4 * GIB)  # even on a small machine
 
 
 def test_rung_computation_is_small_for_the_extreme_allowed_values():

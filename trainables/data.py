@@ -37,7 +37,14 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from trainables.names import SOURCE_KINDS, TABLE_KINDS, TASKS, DataError  # noqa: F401 - re-exported here
+from trainables.names import (  # noqa: F401 - re-exported here
+    MAX_CATEGORIES,
+    MAX_COLUMNS,
+    SOURCE_KINDS,
+    TABLE_KINDS,
+    TASKS,
+    DataError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +61,6 @@ DEFAULT_IMPUTE = {"numeric": "median", "categorical": "most_frequent"}
 MISSING_CATEGORY = "<missing>"
 # An integer target with at most this many distinct values is taken to be class labels.
 MAX_CLASSES_FOR_AUTO = 20
-# Defaults of the config's limits.max_columns / limits.max_categories (search.config.LimitsConfig): every feature
-# column is one network input, every category of a text column one more (one-hot, dense).
-MAX_COLUMNS = 20_000
-MAX_CATEGORIES = 1_000
 # How many close matches an unknown column name is answered with (never the whole header of a wide table).
 CLOSE_MATCHES = 3
 IDX_FILES = {  # split -> (images, labels), without the optional .gz

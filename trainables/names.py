@@ -23,6 +23,10 @@ REGRESSION_LOSSES = ("mse", "mae", "huber")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "selu", "silu")  # trainables.model.ACTIVATIONS
 NORMS = ("none", "batch", "layer")  # trainables.model.NORMS
 OPTIMIZERS = ("adam", "adamw", "sgd")  # trainables.train.OPTIMIZERS
+# Defaults of the config's limits.max_columns / limits.max_categories: every feature column is one network input,
+# every category of a text column one more (one-hot, dense).
+MAX_COLUMNS = 20_000
+MAX_CATEGORIES = 1_000
 
 
 class DataError(ValueError):
