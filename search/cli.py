@@ -39,7 +39,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a config without running anything."""
+    from search.capacity import check_fits
+
     cfg = load_config(args.config, _overrides(args))
+    check_fits(cfg)  # the largest network the space allows, on this host (the data is sized when `hps run` loads it)
     print(f"{args.config}: ok ({cfg.name}: {len(cfg.space)} space entries, {cfg.search.num_samples} trials, "
           f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, metric {cfg.search.metric} ({cfg.search.mode}))")
     return 0

@@ -6,6 +6,7 @@ problem, before anything (Ray, MLflow, data loading) starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -29,11 +30,23 @@ from pydantic import (
     model_validator,
 )
 
-from trainables.data import SKLEARN_DATASETS, SOURCE_KINDS, TABLE_KINDS, TASKS
-from trainables.device import gpu_request_error
-from trainables.metrics import LOSSES, MAXIMIZED, REGRESSION_LOSSES, TASK_METRICS
-from trainables.model import ACTIVATIONS, NORMS
-from trainables.train import OPTIMIZERS
+# Names only (no torch, pandas or scikit-learn): `hps validate` answers in a fraction of a second.
+from trainables.names import (
+    ACTIVATIONS,
+    LOSSES,
+    MAX_CATEGORIES,
+    MAX_COLUMNS,
+    MAXIMIZED,
+    NORMS,
+    OPTIMIZERS,
+    REGRESSION_LOSSES,
+    SKLEARN_DATASETS,
+    SOURCE_KINDS,
+    TABLE_KINDS,
+    TASK_METRICS,
+    TASKS,
+    gpu_request_error,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 SEARCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -43,6 +56,11 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() for m in ms}))
 # Defaults of the trainable for hyperparameters a space leaves out (see trainables.model / trainables.train).
 DEFAULT_N_LAYERS = 2
+DEFAULT_UNITS = 128
+DEFAULT_BATCH_SIZE = 64
+MAX_SEED = 2**32 - 1
+# The smallest ASHA reduction factor: keeps the rung count finite and small (see SchedulerConfig).
+MIN_REDUCTION_FACTOR = 1.1
 
 
 def check_members_have_models(top_k: int, log_models: str, what: str) -> None:
@@ -103,9 +121,10 @@ class FloatParam(_Param):
     """``{type: float, low, high, step?, log?}`` → ``optuna.distributions.FloatDistribution``."""
 
     type: Literal["float"]
-    low: float
-    high: float
-    step: float | None = Field(default=None, gt=0)
+    # Finite bounds only: Optuna would sample inf or NaN from an infinite range.
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    step: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     log: bool = False
 
     @model_validator(mode="after")
@@ -146,7 +165,7 @@ class SplitConfig(_Strict):
 
     val: float = Field(default=0.15, gt=0, lt=1)
     test: float = Field(default=0.15, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)  # NumPy and scikit-learn take seeds in [0, 2**32)
     folds: int | None = Field(default=None, ge=2, le=20)
 
     @model_validator(mode="after")
@@ -207,12 +226,14 @@ class SearchConfig(_Strict):
     """How configurations are chosen (Optuna sampler) and what they are judged by."""
 
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(default=0, ge=0, le=MAX_SEED)  # Optuna's samplers seed NumPy: [0, 2**32)
     metric: str = "val_loss"
     mode: Literal["min", "max"] | None = None  # default: min for losses/errors, max for accuracy/F1/R²
     num_samples: PositiveInt = 50
     max_concurrent: PositiveInt = 4
-    max_failures: int = Field(default=2, ge=0)  # retries (from the last checkpoint) of a trial whose worker died
+    # Retries (from the last checkpoint) of a trial whose worker died. At most 100: a trial that fails every time
+    # would otherwise be retried for ever.
+    max_failures: int = Field(default=2, ge=0, le=100)
 
     @field_validator("metric")
     @classmethod
@@ -243,7 +264,9 @@ class SchedulerConfig(_Strict):
     type: Literal["asha", "fifo"] = "asha"
     max_epochs: PositiveInt = 50
     grace_period: PositiveInt = 2  # ASHA never stops a trial before this many epochs
-    reduction_factor: float = Field(default=3, gt=1)
+    # ASHA's rungs are grace_period x reduction_factor^k below max_epochs: a factor just above 1 made ~10^16 of
+    # them (Tune's scheduler and asha_rungs spun for ever). From 1.1 on there are at most ~100 rungs per 10^4 epochs.
+    reduction_factor: float = Field(default=3, ge=MIN_REDUCTION_FACTOR, allow_inf_nan=False)
 
     @field_validator("grace_period")
     @classmethod
@@ -257,7 +280,7 @@ class SchedulerConfig(_Strict):
 class ResourcesConfig(_Strict):
     """Logical resources per trial; fractional GPUs share a device between trials."""
 
-    cpus_per_trial: float = Field(default=1, gt=0)
+    cpus_per_trial: float = Field(default=1, gt=0, allow_inf_nan=False)
     gpus_per_trial: float = Field(default=0, ge=0)
 
     @field_validator("gpus_per_trial")
@@ -279,7 +302,7 @@ class TrackingConfig(_Strict):
     registered_model: Annotated[str, AfterValidator(check_registered_name)] | None = None
     # How long the end of a search waits for an unreachable tracking server before saving the pending writes
     # to a file (replayed by `hps resume`). Training itself never waits for the server.
-    outage_wait_s: float = Field(default=300, ge=0)
+    outage_wait_s: float = Field(default=300, ge=0, allow_inf_nan=False)
 
 
 class TrainingConfig(_Strict):
@@ -300,7 +323,7 @@ class TrainingConfig(_Strict):
     # A trial reports to Tune at most this often: epochs shorter than this are sent together with the next report
     # (checkpoints, ASHA's rung epochs and the last epoch are never held back). MLflow still gets every epoch.
     # Each report is a round trip through Tune's controller; per-epoch reports of ~30 ms digits epochs cost ~20%.
-    report_interval_s: NonNegativeFloat = 1.0
+    report_interval_s: NonNegativeFloat = Field(default=1.0, allow_inf_nan=False)
 
 
 class EvaluateConfig(_Strict):
@@ -319,6 +342,24 @@ class EvaluateConfig(_Strict):
     refit: bool | None = None
 
 
+class LimitsConfig(_Strict):
+    """Upper bounds on what a config may ask for, so a typo (``units: 1000000``, ``num_samples: 1e9``) is refused
+    at once instead of exhausting the machine. They are ceilings, not settings: raise one here when a search
+    legitimately needs more (``limits: {max_units: 32768}``)."""
+
+    max_units: PositiveInt = 8192  # widest hidden layer any space value may ask for
+    max_layers: PositiveInt = 32  # most hidden layers (space.n_layers)
+    max_trials: PositiveInt = 10_000  # search.num_samples
+    max_epochs: PositiveInt = 10_000  # scheduler.max_epochs
+    max_batch_size: PositiveInt = 1_000_000  # space.batch_size
+    max_columns: PositiveInt = MAX_COLUMNS  # feature columns of the data (MNIST has 784)
+    max_categories: PositiveInt = MAX_CATEGORIES  # distinct values of one text (categorical) feature column (one-hot)
+    # Share of this host's memory the trials running at once may take together (the rest: Ray's object store
+    # share aside, the driver, the OS). `hps run` and `hps validate` refuse a search whose largest network and
+    # data need more; see search/capacity.py.
+    memory_fraction: float = Field(default=0.8, gt=0, le=1)
+
+
 class HpsConfig(_Strict):
     """A whole search: data, search space, search strategy, scheduler, resources, tracking, training, evaluation."""
 
@@ -331,6 +372,17 @@ class HpsConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     training: TrainingConfig = TrainingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> HpsConfig:
+        limits = self.limits
+        for key, value, cap, name in (("search.num_samples", self.search.num_samples, limits.max_trials, "max_trials"),
+                                      ("scheduler.max_epochs", self.scheduler.max_epochs, limits.max_epochs,
+                                       "max_epochs")):
+            if value > cap:
+                raise ValueError(f"{key}: {value} is above the limit of {cap} (raise limits.{name} if you mean it)")
+        return self
 
     @model_validator(mode="after")
     def _refit_cross_validated(self) -> HpsConfig:
@@ -380,11 +432,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # Finite only: an infinite lr or weight decay makes every trial diverge.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_space(space: dict) -> None:
-    """Checks that need the whole space: known names, legal values, ``if:`` and ``per_layer`` references."""
+def _check_space(space: dict, limits: LimitsConfig | None = None) -> None:
+    """Checks that need the whole space: known names, legal values, ``if:`` and ``per_layer`` references, and the
+    ``limits`` on sizes."""
+    limits = limits or LimitsConfig()
+    caps = {"units": ("max_units", limits.max_units), "n_layers": ("max_layers", limits.max_layers),
+            "batch_size": ("max_batch_size", limits.max_batch_size)}
     for name, spec in space.items():
         key = f"space.{name}"
         if name not in _VALUE_RULES:
@@ -393,6 +450,9 @@ def _check_space(space: dict) -> None:
         for field, value in _space_values(spec):
             if not ok(value):
                 raise ConfigError(f"{key}{field}", f"{value!r} is not allowed; {name} must be {wanted}")
+            if name in caps and value > caps[name][1]:
+                raise ConfigError(f"{key}{field}", f"{value} is above the limit of {caps[name][1]} "
+                                  f"(raise limits.{caps[name][0]} if you mean it)")
         if not isinstance(spec, Distribution):
             continue
         if spec.per_layer and name != "units":
@@ -475,7 +535,7 @@ def parse_config(raw: Any) -> HpsConfig:
     except ValidationError as exc:
         error = exc.errors()[0]
         raise ConfigError(_format_loc(error["loc"]), _format_msg(error)) from None
-    _check_space(cfg.space)
+    _check_space(cfg.space, cfg.limits)
     _check_task_metric(cfg)
     return cfg
 

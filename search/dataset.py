@@ -14,7 +14,8 @@ def split_from_config(cfg: HpsConfig) -> SplitDataset:
     # Any further data options (target column, feature selection, imputation, ...) pass straight through.
     extras = data.model_dump(exclude={"source", "task", "split"})
     split = data.split
-    return split_dataset(data.source, data.task, split.val, split.test, split.seed, folds=split.folds, **extras)
+    return split_dataset(data.source, data.task, split.val, split.test, split.seed, folds=split.folds,
+                         max_columns=cfg.limits.max_columns, max_categories=cfg.limits.max_categories, **extras)
 
 
 FILE_SOURCES = ("csv", "parquet", "npz", "idx")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from search.config import ConfigError
-from trainables.data import DataError
+from trainables.names import DataError  # the light module: every CLI command imports this one
 
 
 class TrackingError(RuntimeError):

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.schema import ColSpec, DataType, Schema
 
 from search import plots
 from search.config import HpsConfig, check_members_have_models, check_registered_name, parse_config
@@ -279,10 +279,9 @@ def register_champion(
     """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
     and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
     example = rows.head(5).reset_index(drop=True)
-    # (inferred from integers as doubles only to spare users MLflow's warning about integer columns: numeric
-    # columns are retyped below anyway)
-    as_inferred = example.astype({column: "float64" for column in example.select_dtypes("integer").columns})
-    signature = _raw_row_signature(infer_signature(as_inferred, predict_frame(model, prep, example)), prep)
+    # The example as the signature types it: numeric columns as doubles (see _raw_row_signature).
+    example = example.astype({column: "float64" for column in prep.numeric if column in example.columns})
+    signature = _raw_row_signature(infer_signature(example, predict_frame(model, prep, example)), prep)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     status = parent.info.status
@@ -308,12 +307,17 @@ def register_champion(
 
 
 def _raw_row_signature(inferred: ModelSignature, prep: Preprocessor) -> ModelSignature:
-    """The signature with the numeric feature columns typed ``any``: the saved preprocessing reads any numeric
-    column and imputes its gaps, while MLflow's enforcement of a declared type would refuse raw tables. A column of
-    whole numbers read by pandas is int64, which MLflow will not convert to a double, and the same column with a gap
-    is float64, which it will not convert to a long."""
+    """The input signature over the raw feature columns: numeric columns ``double``, categorical ones ``string``.
+
+    MLflow's scoring server reads a ``text/csv`` body and casts JSON (``dataframe_split``, ``dataframe_records``)
+    with these types before anything else, so whole numbers, gaps (NaN) and unseen categories all arrive as the
+    saved preprocessing expects them. (``any``, used before, made the server refuse CSV: it cannot give pandas a
+    type for it. ``long`` would refuse a gap, which pandas can only hold as a float.) From Python,
+    ``PyFuncModel.predict`` applies MLflow's own rule that an int64 column is not silently converted to a double:
+    cast whole-number columns with ``astype(float)`` first, or call ``hps predict``.
+    """
     numeric = set(prep.numeric)
-    columns = [ColSpec(AnyType(), spec.name) if spec.name in numeric else spec for spec in inferred.inputs.inputs]
+    columns = [ColSpec(DataType.double if name in numeric else DataType.string, name) for name in prep.feature_names]
     return ModelSignature(inputs=Schema(columns), outputs=inferred.outputs, params=inferred.params)
 
 

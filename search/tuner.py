@@ -26,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
+from search.capacity import check_this_host
 from search.dataset import split_from_config, with_absolute_source
 from search.leaderboard import leaderboard, trial_runs
 from search.progress import ProgressPrinter
@@ -95,6 +96,8 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     cfg = with_absolute_source(cfg)
     split = split_from_config(cfg)  # data options are passed on in search.dataset
     check_metric_for_task(cfg, split.task)
+    if address is None:  # trials run on this host: its CPUs and memory must hold them (a cluster's are Ray's)
+        check_this_host(cfg, split)
     client = connect(cfg.tracking.uri)
     storage_path = storage_dir(storage)
     _claim_storage(storage_path, cfg.name, overwrite)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import DataType
 
 from search.cli import main
 from search.config import parse_config
@@ -124,9 +125,9 @@ def test_predict_raw_rows_with_unseen_category(csv_search, mlflow_server, tmp_pa
         assert np.allclose(pd.read_csv(tmp_path / "again.csv")["prediction"], predictions["prediction"], rtol=1e-5)
 
 
-def test_pyfunc_model_takes_raw_rows_as_pandas_reads_them(csv_search, mlflow_server, tmp_path):
-    # A column of whole numbers is read as int64, the same column with a gap as float64: MLflow's enforcement of a
-    # declared long or double refuses one of the two, so numeric columns must not be declared with either.
+def test_pyfunc_model_takes_raw_rows_with_numeric_columns_as_doubles(csv_search, mlflow_server, tmp_path):
+    # The signature types numeric columns as doubles (what the scoring server needs to read CSV). From Python, MLflow
+    # does not convert an int64 column to a double on its own: whole-number columns are cast first.
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/eval-cars@champion")
     raw = make_table(6, 3).drop(columns=["mpg"])
@@ -135,13 +136,82 @@ def test_pyfunc_model_takes_raw_rows_as_pandas_reads_them(csv_search, mlflow_ser
     assert whole["cylinders"].dtype == np.int64
     expected = predict_file(mlflow_server, "eval-cars", str(tmp_path / "raw.csv"), str(tmp_path / "by_hps.csv"))
     by_hps = pd.read_csv(tmp_path / "by_hps.csv")["prediction"].to_numpy()
-    assert expected == 6 and np.allclose(model.predict(whole)["prediction"], by_hps, rtol=1e-5)
-    gap = whole.copy()
-    gap.loc[0, "cylinders"] = np.nan  # now float64; imputed with the training median, like `hps predict` does
-    assert gap["cylinders"].dtype == np.float64 and model.predict(gap)["prediction"].notna().all()
-    # the signature still names and types the categorical column
-    schema = {c.name: str(c.type) for c in model.metadata.get_input_schema().inputs}
-    assert set(schema) == set(raw.columns) - {"name"} and "string" in schema["origin"]
+    as_doubles = whole.astype({"cylinders": float})
+    assert expected == 6 and np.allclose(model.predict(as_doubles)["prediction"], by_hps, rtol=1e-5)
+    gap = as_doubles.copy()
+    gap.loc[0, "cylinders"] = np.nan  # imputed with the training median, like `hps predict` does
+    assert model.predict(gap)["prediction"].notna().all()
+    schema = {c.name: c.type for c in model.metadata.get_input_schema().inputs}
+    assert set(schema) == set(raw.columns) - {"name"}
+    assert schema["origin"] == DataType.string and schema["cylinders"] == schema["weight"] == DataType.double
+
+
+def test_mlflow_scoring_server_answers_csv_and_json_like_hps_predict(csv_search, mlflow_server, tmp_path):
+    """Issue 14: `mlflow models serve` refused text/csv bodies (columns typed `any`). A real scoring server for the
+    champion, asked with CSV, dataframe_split and dataframe_records: integer columns, gaps, an unseen category."""
+    import json as jsonlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from tests.conftest import free_port
+
+    rows = make_table(8, 5).drop(columns=["mpg", "name"])
+    rows.loc[0, "origin"] = "mars"  # unseen category
+    rows.loc[1, "horsepower"] = np.nan  # a gap in a float column
+    rows["cylinders"] = rows["cylinders"].astype("Int64")
+    rows.loc[2, "cylinders"] = pd.NA  # a gap in an integer column: the CSV cell is empty
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    predict_file(mlflow_server, "models:/eval-cars@champion", str(tmp_path / "rows.csv"), str(tmp_path / "hps.csv"))
+    by_hps = pd.read_csv(tmp_path / "hps.csv")["prediction"].to_numpy()
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}  # it runs uvicorn from PATH
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/eval-cars@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "scoring server did not start"
+            time.sleep(0.5)
+
+        csv_text = (tmp_path / "rows.csv").read_text()
+        assert csv_text.splitlines()[3].split(",")[3] == ""  # the integer column's gap is an empty cell
+        records = jsonlib.loads(rows.astype(object).where(rows.notna(), None).to_json(orient="records"))
+        split = {"columns": list(rows.columns), "data": [[r[c] for c in rows.columns] for r in records]}
+        bodies = {
+            "text/csv": csv_text,
+            "dataframe_split": jsonlib.dumps({"dataframe_split": split}),
+            "dataframe_records": jsonlib.dumps({"dataframe_records": records}),
+        }
+        assert isinstance(records[3]["cylinders"], int)  # JSON integers, not floats
+        for name, body in bodies.items():
+            content_type = "text/csv" if name == "text/csv" else "application/json"
+            answer = requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=60)
+            assert answer.status_code == 200, (name, answer.text[:500])
+            served = pd.DataFrame(answer.json()["predictions"])["prediction"].to_numpy(dtype=float)
+            assert np.allclose(served, by_hps, rtol=1e-5), (name, served, by_hps)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_bad_registry_name_and_unusable_predict_files_fail_before_anything_is_used(csv_search, mlflow_server,
@@ -225,7 +295,9 @@ def test_top_k_evaluates_and_registers_the_average_of_the_best_trials(csv_search
 
     # What was evaluated is what the registry, the search name and the pyfunc now serve.
     mlflow.set_tracking_uri(mlflow_server)
-    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(rows.reset_index(drop=True))
+    # (whole-number columns as doubles: the signature's type, which MLflow does not convert int64 to by itself)
+    as_doubles = rows.reset_index(drop=True).astype({c: float for c in rows.select_dtypes("integer").columns})
+    served = mlflow.pyfunc.load_model("models:/eval-cars@champion").predict(as_doubles)
     assert np.allclose(served["prediction"], mean_prediction, rtol=1e-5)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     predict_file(mlflow_server, "eval-cars", str(tmp_path / "rows.csv"), str(tmp_path / "by_name.csv"))

@@ -8,6 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from search.capacity import check_fits
 from search.cli import main
 from search.config import ConfigError, parse_config
 from tests.conftest import load_yaml
@@ -83,7 +84,7 @@ def test_any_value_replaced_by_junk_gives_ok_or_a_clean_error(tmp_path_factory, 
     raw = copy.deepcopy(BASE)
     get(raw, where[:-1])[where[-1]] = value
     try:
-        parse_config(copy.deepcopy(raw))
+        check_fits(parse_config(copy.deepcopy(raw)))  # what `hps validate` checks: the config, and that it fits
         expected = 0
     except ConfigError:
         expected = 2
@@ -105,3 +106,36 @@ def test_arbitrary_text_as_a_config_file(tmp_path_factory, text):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(["validate", str(path)])
     assert code == 2 and err.getvalue().count("\n") == 1 and "Traceback" not in err.getvalue()
+
+
+NUMERIC_KEYS = ["scheduler.reduction_factor", "scheduler.max_epochs", "scheduler.grace_period", "search.num_samples",
+                "search.max_concurrent", "search.seed", "data.split.seed", "space.units.high", "space.n_layers.high",
+                "space.lr.high", "space.lr.low", "space.dropout.high", "resources.cpus_per_trial",
+                "training.checkpoint_every", "training.report_interval_s", "tracking.outage_wait_s"]
+NUMBERS = st.one_of(st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True),
+                    st.floats(min_value=1.0, max_value=1.2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(NUMERIC_KEYS), value=NUMBERS)
+def test_any_number_anywhere_is_accepted_or_refused_at_once(tmp_path_factory, key, value):
+    """Issue 14: no number makes `hps validate` (or what `hps run` then computes from the config) hang."""
+    import time
+
+    from search.tuner import asha_rungs
+
+    raw = copy.deepcopy(BASE)
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:  # sections the digits config leaves out (training, tracking) are created
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    started = time.monotonic()
+    code, err = run_validate(raw, tmp_path_factory)
+    assert code in (0, 2) and time.monotonic() - started < 1.0, (code, err)
+    if code:
+        assert_one_line_error(code, err)
+    else:
+        started = time.monotonic()
+        asha_rungs(parse_config(raw))
+        assert time.monotonic() - started < 0.1

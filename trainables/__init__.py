@@ -1,9 +1,21 @@
 """Pure PyTorch + pandas training code: data, model, training loop, metrics. Free of Ray and MLflow,
 except :mod:`trainables.ray_adapter`, which is imported only by the search service."""
 
-from trainables.data import DataError, SplitDataset, TrialData, split_dataset
-from trainables.model import Architecture, build_mlp
-from trainables.train import Snapshot, TrainSettings, train_trial
+import importlib
+
+# Imported on first use (PEP 562): `trainables.names` alone must not pull in torch, pandas and scikit-learn, which
+# take seconds that `hps validate` does not need.
+_EXPORTS = {
+    "DataError": "trainables.names", "SplitDataset": "trainables.data", "TrialData": "trainables.data",
+    "split_dataset": "trainables.data", "Architecture": "trainables.model", "build_mlp": "trainables.model",
+    "Snapshot": "trainables.train", "TrainSettings": "trainables.train", "train_trial": "trainables.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainables' has no attribute {name!r}")
 
 __all__ = [
     "Architecture",

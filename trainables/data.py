@@ -20,6 +20,7 @@ model predicts from raw rows of the original table without pickle.
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import json
@@ -36,11 +37,17 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from trainables.names import (  # noqa: F401 - re-exported here
+    MAX_CATEGORIES,
+    MAX_COLUMNS,
+    SOURCE_KINDS,
+    TABLE_KINDS,
+    TASKS,
+    DataError,
+)
+
 log = logging.getLogger(__name__)
 
-TASKS = ("binary", "multiclass", "regression")
-SOURCE_KINDS = ("sklearn", "csv", "parquet", "idx", "npz")
-TABLE_KINDS = ("csv", "parquet")  # sources with named columns: they need a target column
 SKLEARN_DATASETS = {
     "digits": sk_datasets.load_digits,
     "wine": sk_datasets.load_wine,
@@ -54,15 +61,13 @@ DEFAULT_IMPUTE = {"numeric": "median", "categorical": "most_frequent"}
 MISSING_CATEGORY = "<missing>"
 # An integer target with at most this many distinct values is taken to be class labels.
 MAX_CLASSES_FOR_AUTO = 20
+# How many close matches an unknown column name is answered with (never the whole header of a wide table).
+CLOSE_MATCHES = 3
 IDX_FILES = {  # split -> (images, labels), without the optional .gz
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049  # unsigned bytes, 3 and 1 dimensions
-
-
-class DataError(ValueError):
-    """The data cannot be used as configured (missing file, bad target, ...)."""
 
 
 @dataclass
@@ -88,8 +93,13 @@ def load_table(
     target: str | None = None,
     features: Sequence[str] | None = None,
     drop: Sequence[str] | None = None,
+    max_columns: int = MAX_COLUMNS,
 ) -> Table:
-    """Load the dataset named by ``source`` and select its feature columns (``features`` minus ``drop``)."""
+    """Load the dataset named by ``source`` and select its feature columns (``features`` minus ``drop``).
+
+    More than ``max_columns`` feature columns is a :class:`DataError`; a CSV or Parquet file is refused from its
+    header alone, before its rows are read.
+    """
     kind, _, rest = source.partition(":")
     if kind not in SOURCE_KINDS:
         raise DataError(f"unknown data source {source!r}; expected one of {', '.join(k + ':' for k in SOURCE_KINDS)}")
@@ -102,8 +112,49 @@ def load_table(
     elif kind == "npz":
         table = _load_npz(_existing(rest))
     else:
-        table = _split_target(_read_frame(kind, _existing(rest)), target)
-    return _select_features(table, features, drop)
+        path = _existing(rest)
+        _check_header(_read_header(kind, path), target, features, drop, max_columns)
+        table = _split_target(_read_frame(kind, path), target)
+    table = _select_features(table, features, drop)
+    _check_width(len(table.features.columns), max_columns)
+    return table
+
+
+def _read_header(kind: str, path: Path) -> list[str]:
+    """The column names of a CSV or Parquet file, without reading its rows."""
+    try:
+        if kind == "csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return [str(name) for name in pq.read_schema(path).names if not name.startswith("__index_level_")]
+    except Exception as exc:  # parser errors come in many types; the user needs the file and the reason
+        raise DataError(f"cannot read {kind} file {str(path)!r}: {_reason(exc)}") from None
+
+
+def _check_header(columns: list[str], target: str | None, features: Sequence[str] | None,
+                  drop: Sequence[str] | None, max_columns: int) -> None:
+    """The target exists and the feature columns are within ``max_columns``, judged from the header."""
+    if target not in columns:
+        raise DataError(f"target column {target!r} not found{_close_matches(str(target), columns)}")
+    if features is None:  # with data.features the selection is checked once the table is read
+        _check_width(len(set(columns) - {target} - set(drop or [])), max_columns)
+
+
+def _check_width(n_columns: int, max_columns: int) -> None:
+    if n_columns > max_columns:
+        raise DataError(f"{n_columns} feature columns is above the limit of {max_columns}: choose some (data.features "
+                        f"or data.drop), or raise limits.max_columns if the network should take them all")
+
+
+def _close_matches(name: str, columns: Sequence[str]) -> str:
+    """``; did you mean 'age', 'wage'? (412 columns)``: at most a few similar names, never the whole header."""
+    matches = difflib.get_close_matches(name, list(columns), n=CLOSE_MATCHES, cutoff=0.6)
+    if not matches:  # a different case, or a prefix: still worth showing
+        lowered = name.lower()
+        matches = [c for c in columns if lowered in c.lower() or c.lower() in lowered][:CLOSE_MATCHES]
+    suggestion = f"; did you mean {', '.join(map(repr, matches))}?" if matches else ""
+    return f"{suggestion} ({len(columns)} column(s))"
 
 
 def _existing(path: str, directory: bool = False) -> Path:
@@ -140,7 +191,7 @@ def _reason(exc: Exception) -> str:
 
 def _split_target(frame: pd.DataFrame, target: str | None) -> Table:
     if target not in frame.columns:
-        raise DataError(f"target column {target!r} not found; columns are: {', '.join(map(str, frame.columns))}")
+        raise DataError(f"target column {target!r} not found{_close_matches(str(target), [str(c) for c in frame.columns])}")
     return Table(features=frame.drop(columns=[target]), target=frame[target])
 
 
@@ -217,7 +268,8 @@ def _select_features(table: Table, features: Sequence[str] | None, drop: Sequenc
         if target is not None and target in (names or []) and key == "data.features":
             raise DataError(f"{key}: {target!r} is the target column, not a feature")
         if unknown:
-            raise DataError(f"{key}: no column(s) {', '.join(map(repr, unknown))}; columns are: {', '.join(columns)}")
+            raise DataError(f"{key}: no column {unknown[0]!r}{_close_matches(unknown[0], columns)}"
+                            + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
     keep = [c for c in (features or columns) if c not in set(drop or [])]
     if not keep:
         raise DataError("no feature columns left (data.features / data.drop remove them all)")
@@ -273,6 +325,27 @@ def _label_name(value: Any) -> str:
     return str(value)
 
 
+def _inf_as_missing(values: np.ndarray) -> np.ndarray:
+    """±inf is a missing value (imputed like NaN): one infinite cell would otherwise make the column's mean and
+    standard deviation, every trial's loss and every prediction NaN."""
+    infinite = np.isinf(values)
+    if infinite.any():
+        values = np.where(infinite, np.nan, values)
+    return values
+
+
+def _inf_columns_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ±inf in its float columns replaced by NaN (the same object when there is none)."""
+    floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
+    infinite = [c for c in floats if np.isinf(frame[c].to_numpy(dtype=np.float64, na_value=np.nan)).any()]
+    if not infinite:
+        return frame
+    frame = frame.copy()
+    for column in infinite:
+        frame[column] = frame[column].mask(np.isinf(frame[column].to_numpy(dtype=np.float64, na_value=np.nan)))
+    return frame
+
+
 def _is_categorical(column: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column))
 
@@ -323,7 +396,7 @@ class Preprocessor:
             else:
                 prep.numeric.append(name)
         if prep.numeric:
-            values = features[prep.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+            values = _inf_as_missing(features[prep.numeric].to_numpy(dtype=np.float64, na_value=np.nan))
             missing = np.isnan(values)
             if strategy["numeric"] == "median":
                 fill = np.nanmedian(values, axis=0) if missing.any() else np.median(values, axis=0)
@@ -388,6 +461,7 @@ class Preprocessor:
         except (TypeError, ValueError):
             bad = [c for c in self.numeric if pd.to_numeric(frame[c], errors="coerce").isna().sum() > frame[c].isna().sum()]
             raise DataError(f"non-numeric values in numeric feature column(s): {', '.join(bad)}") from None
+        values = _inf_as_missing(values)
         fill = np.asarray([self.fill[c] for c in self.numeric], dtype=np.float64)
         missing = np.isnan(values)
         if missing.any():
@@ -580,19 +654,26 @@ def split_dataset(
     drop: Sequence[str] | None = None,
     impute: Mapping[str, str] | None = None,
     folds: int | None = None,
+    max_columns: int = MAX_COLUMNS,
+    max_categories: int = MAX_CATEGORIES,
 ) -> SplitDataset:
     """Load ``source``, drop rows without a target, split (stratified for classification) and fit preprocessing.
 
     With ``folds`` the rows outside the test split are cut into that many cross-validation folds instead of a
-    ``val`` fraction (which is then not used). Raises :class:`DataError` (one line) for anything wrong with the
-    data itself.
+    ``val`` fraction (which is then not used). ±inf counts as missing, in features (imputed) and in the target (the
+    row is dropped). More than ``max_columns`` feature columns, or a text column with more than ``max_categories``
+    distinct values, is refused. Raises :class:`DataError` (one line) for anything wrong with the data itself.
     """
     _check_impute(impute)
-    table = load_table(source, target=target, features=features, drop=drop)
+    table = load_table(source, target=target, features=features, drop=drop, max_columns=max_columns)
+    _check_categories(table.features, max_categories)
+    table.features = _inf_columns_as_missing(table.features)
     has_target = table.target.notna().to_numpy()
+    if pd.api.types.is_float_dtype(table.target):
+        has_target = has_target & ~np.isinf(table.target.to_numpy(dtype=np.float64, na_value=np.nan))
     n_dropped = int((~has_target).sum())
     if n_dropped:
-        log.info("data %s: dropped %d row(s) with a missing target", source, n_dropped)
+        log.info("data %s: dropped %d row(s) with a missing or infinite target", source, n_dropped)
         table.features = table.features[has_target].reset_index(drop=True)
         table.target = table.target[has_target].reset_index(drop=True)
     if len(table.target) == 0:  # before the feature check: with no rows left every feature column is empty too
@@ -618,6 +699,18 @@ def split_dataset(
         table, resolved, np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), prep, fingerprint, n_dropped,
         fold_rows,
     )
+
+
+def _check_categories(features: pd.DataFrame, max_categories: int) -> None:
+    """Every text column is one-hot encoded, one network input per distinct value: an id or free-text column would
+    silently make the table enormous."""
+    for name in features.columns:
+        if _is_categorical(features[name]):
+            count = features[name].nunique()
+            if count > max_categories:
+                raise DataError(f"feature column {str(name)!r} has {count} distinct text values, above the limit of "
+                                f"{max_categories} categories (each would be one input): drop it (data.drop) if it is "
+                                f"an id or free text, or raise limits.max_categories")
 
 
 def _fold_rows(target: pd.Series, task: str, rows: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:

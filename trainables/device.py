@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from trainables.names import gpu_request_error  # noqa: F401 - the rule lives with the names `hps validate` checks
+
 log = logging.getLogger(__name__)
 
 
@@ -118,12 +120,3 @@ def memory_budget(device: torch.device, gpu_share: float = 1.0) -> int | None:
     share = gpu_share if 0 < gpu_share < 1 else 1.0
     held = torch.cuda.memory_reserved(device)
     return int(max(0, min(free, share * total - held)))
-
-
-def gpu_request_error(gpus_per_trial: float) -> str | None:
-    """Why a per-trial GPU request cannot be honoured, or None: a trial trains on one device, so more than one whole
-    GPU would sit idle while the scheduler counts it as busy."""
-    if gpus_per_trial > 1:
-        return (f"gpus_per_trial {gpus_per_trial:g} is more than one GPU, but a trial trains on one device; "
-                "use 1, or a fraction such as 0.25 to share a GPU between trials")
-    return None
