@@ -21,7 +21,6 @@ from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, DataType, Schema
 
 from search import plots
 from search.config import HpsConfig, check_members_have_models, check_registered_name, parse_config
@@ -279,9 +278,7 @@ def register_champion(
     """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
     and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
     example = rows.head(5).reset_index(drop=True)
-    # The example as the signature types it: numeric columns as doubles (see _raw_row_signature).
-    example = example.astype({column: "float64" for column in prep.numeric if column in example.columns})
-    signature = _raw_row_signature(infer_signature(example, predict_frame(model, prep, example)), prep)
+    signature = _output_signature(infer_signature(example, predict_frame(model, prep, example)))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     status = parent.info.status
@@ -306,19 +303,16 @@ def register_champion(
     return f"models:/{registered_name}@{CHAMPION}"
 
 
-def _raw_row_signature(inferred: ModelSignature, prep: Preprocessor) -> ModelSignature:
-    """The input signature over the raw feature columns: numeric columns ``double``, categorical ones ``string``.
+def _output_signature(inferred: ModelSignature) -> ModelSignature:
+    """The signature the champion is logged with: its outputs only; the raw input columns are shown by the input
+    example and checked by the saved preprocessing (names, imputation, unseen categories).
 
-    MLflow's scoring server reads a ``text/csv`` body and casts JSON (``dataframe_split``, ``dataframe_records``)
-    with these types before anything else, so whole numbers, gaps (NaN) and unseen categories all arrive as the
-    saved preprocessing expects them. (``any``, used before, made the server refuse CSV: it cannot give pandas a
-    type for it. ``long`` would refuse a gap, which pandas can only hold as a float.) From Python,
-    ``PyFuncModel.predict`` applies MLflow's own rule that an int64 column is not silently converted to a double:
-    cast whole-number columns with ``astype(float)`` first, or call ``hps predict``.
+    Every input typing MLflow 3.17 offers refuses some raw rows a user sends: ``any`` makes the scoring server refuse
+    ``text/csv`` (it cannot give pandas a type for it); ``double`` makes ``PyFuncModel.predict`` refuse an int64 column
+    (``pd.read_csv`` of whole numbers); ``long`` refuses a column with a gap (float64). Without an input schema the
+    scoring server reads CSV and JSON with pandas' own types and the pyfunc takes any frame.
     """
-    numeric = set(prep.numeric)
-    columns = [ColSpec(DataType.double if name in numeric else DataType.string, name) for name in prep.feature_names]
-    return ModelSignature(inputs=Schema(columns), outputs=inferred.outputs, params=inferred.params)
+    return ModelSignature(outputs=inferred.outputs, params=inferred.params)
 
 
 def _version(module: str) -> str:
