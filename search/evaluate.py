@@ -278,7 +278,7 @@ def register_champion(
     """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
     and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
     example = rows.head(5).reset_index(drop=True)
-    signature = _output_signature(infer_signature(example, predict_frame(model, prep, example)))
+    signature = _output_signature(predict_frame(model, prep, example))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     status = parent.info.status
@@ -303,7 +303,7 @@ def register_champion(
     return f"models:/{registered_name}@{CHAMPION}"
 
 
-def _output_signature(inferred: ModelSignature) -> ModelSignature:
+def _output_signature(predictions: pd.DataFrame) -> ModelSignature:
     """The signature the champion is logged with: its outputs only; the raw input columns are shown by the input
     example and checked by the saved preprocessing (names, imputation, unseen categories).
 
@@ -312,7 +312,7 @@ def _output_signature(inferred: ModelSignature) -> ModelSignature:
     (``pd.read_csv`` of whole numbers); ``long`` refuses a column with a gap (float64). Without an input schema the
     scoring server reads CSV and JSON with pandas' own types and the pyfunc takes any frame.
     """
-    return ModelSignature(outputs=inferred.outputs, params=inferred.params)
+    return ModelSignature(outputs=infer_signature(predictions).inputs)
 
 
 def _version(module: str) -> str:
