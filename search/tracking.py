@@ -117,6 +117,8 @@ class TrialRunLogger(tune.Callback):
         self.restored = False
         self._writer: TrackingWriter | None = None
 
+    root: str | None = None  # class default: loggers pickled by an older version lack the attribute
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_writer"] = None  # a thread: recreated after unpickling
@@ -284,7 +286,8 @@ class TrialRunLogger(tune.Callback):
             model_path = f"{checkpoint.path.rstrip('/')}/{MODEL_DIR}"
             if checkpoint.filesystem.get_file_info(model_path).type != pyarrow.fs.FileType.Directory:
                 return False
-            source = _relative_to_experiment(model_path, trial.path, checkpoint.filesystem)
+            # (A logger unpickled from a search started before `root` existed reads absolute paths.)
+            source = _relative_to_experiment(model_path, trial.path if self.root else None, checkpoint.filesystem)
         except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
             return False

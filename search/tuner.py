@@ -208,6 +208,7 @@ def _settle_tracking(search: _Search, logger: TrialRunLogger, results: tune.Resu
             search.keep |= logger.models_not_uploaded()
             return
     pending = _pending_file(search.storage_path, cfg.name)
+    writer.close(wait_s=20)  # the write in flight ends first: what is queued then is exactly what was not written
     # Writes given up so far (a replay's included) travel with the backlog and are reported after its replay.
     writer.given_up[:0] = search.given_up
     count = writer.save_pending(pending)

@@ -46,7 +46,7 @@ PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVAL
 BACKOFF_S = (0.5, 1, 2, 5, 10)
 # Failures of one write, while the server answers, before it is given up (bounded whatever the exception type: an
 # operation that can never succeed must not block every later write at the head of the queue).
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 5  # ~9 s of backoff in all: outlasts a locked database or a restarting worker
 MAX_BATCH_METRICS, MAX_BATCH_TAGS = 1000, 100  # MLflow's limits for one log_batch
 # How long a run's metrics may wait to be merged with its next epochs' into one log_batch. Each log_batch costs
 # the tracking store ~10 ms of CPU (a query, inserts, a commit) whatever its size; short epochs would otherwise

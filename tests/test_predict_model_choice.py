@@ -42,8 +42,10 @@ def predictions_of(folder: Path, rows: pd.DataFrame) -> np.ndarray:
 
 
 @pytest.fixture
-def evaluated_search(tmp_path):
+def evaluated_search(tmp_path, monkeypatch):
     """A search whose best trial's raw model (A) differs from the model `hps evaluate` tested (B, e.g. a refit)."""
+    # The damaged copy makes the server answer 500, which MLflow's client retries for minutes by default.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     server = Server(tmp_path)
     server.start()
     try:
