@@ -40,7 +40,7 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-# MLflow error codes that retrying cannot fix (bad value, run gone, ...): such an operation is dropped and counted.
+# MLflow error codes that retrying cannot fix (bad value, run gone, ...): such an operation is given up at once.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
                     "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 BACKOFF_S = (0.5, 1, 2, 5, 10)
@@ -74,7 +74,7 @@ def is_permanent(exc: Exception) -> bool:
 
 
 def describe_given_up(given_up: list[dict]) -> str:
-    """``3 MLflow writes were given up (first: log_artifacts for trial 1a2b: ...)`` for a one-line report."""
+    """``3 MLflow write(s) were given up (first: log_artifacts for 1a2b3c4d: ...)`` for a one-line report."""
     first = given_up[0]
     return (f"{len(given_up)} MLflow write(s) were given up (first: {first['kind']} for {first['key']}: "
             f"{first['reason'][:200]})")
@@ -164,7 +164,8 @@ class TrackingWriter:
     @classmethod
     def replay(cls, target: str | Path, tracking_uri: str | None = None, timeout: float = 60,
                root: str | None = None) -> "Replay":
-        """Write operations saved by :meth:`save_pending` (relative upload sources resolved against ``root``).
+        """Write operations saved by :meth:`save_pending` (relative upload sources resolved against ``root``),
+        for as long as each ``timeout`` seconds see progress.
 
         Once every operation is written or given up the file is removed; otherwise what is left (and the run ids
         learnt meanwhile) is saved back to it. The result lists every write given up, earlier ones included.
@@ -176,7 +177,11 @@ class TrackingWriter:
         with writer._cv:
             writer._queue.extend(Op(**op) for op in saved["ops"])
             writer._cv.notify_all()
+        left = len(writer.pending())
         done = writer.drain(timeout)
+        while not done and writer.outage_since is None and len(writer.pending()) < left:
+            left = len(writer.pending())  # slow (writes being tried and given up), but moving: keep going
+            done = writer.drain(timeout)
         if done:
             writer.close()
             delete_state(str(target))
