@@ -1,7 +1,7 @@
 """``hps``: the command line. A thin shell over functions the tests call directly.
 
-Exit codes: 0 success, 1 the search ran but failed, 2 bad input (config, data, tracking URI, existing
-search), 130 interrupted.
+Exit codes: 0 success, 1 the search ran but failed (or some of its MLflow writes are pending or were given up),
+2 bad input (config, data, tracking URI, existing search), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ def _report_outcome(execute) -> int:
     uri = outcome.tracking_uri
     print(f"\n{outcome.n_trials} trials; parent run {outcome.parent_run_id} at {uri}")
     print(f"review: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"review: {uri}")
+    if outcome.writes_given_up:  # the search is done but its MLflow record is not complete: say so, exit 1
+        from search.writer import describe_given_up
+
+        sys.stdout.flush()
+        return _fail(f"{describe_given_up(outcome.writes_given_up)}; each is logged above and counted in the "
+                     "hps.writes_given_up tag of the parent run", EXIT_FAILED)
     return 0
 
 

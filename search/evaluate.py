@@ -344,21 +344,41 @@ def resolve_model(client: MlflowClient, reference: str, directory: str) -> tuple
 
 
 def _search_model(client: MlflowClient, name: str, directory: str) -> str:
-    """A search's model: the one `hps evaluate` tested (a copy on the parent run), else its best trial's."""
+    """A search's model: the one `hps evaluate` tested (its copy on the parent run), or, for a search never
+    evaluated, its best trial's. Never a different model than the one tested: if that copy cannot be fetched,
+    this fails (one line) rather than predicting with, say, the best trial's raw model in place of a refit or an
+    ensemble."""
     parent = find_search_run(client, name)
-    if parent.data.tags.get("hps.test_evaluated_at"):
+    tags, parent_id = parent.data.tags, parent.info.run_id
+    if tags.get("hps.test_evaluated_at"):
         try:
-            return client.download_artifacts(parent.info.run_id, EVALUATED_MODEL, directory)
-        except Exception:  # noqa: BLE001 - evaluated before this copy existed: its tags name the trial
-            pass
-    run_id = parent.data.tags.get("hps.test_run_id") or parent.data.tags.get("hps.best_run_id")
+            names = {Path(a.path).name for a in client.list_artifacts(parent_id)}
+            if EVALUATED_MODEL in names:
+                return client.download_artifacts(parent_id, EVALUATED_MODEL, directory)
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch it means the same to the user
+            raise ModelNotFound(f"search {name!r}: could not fetch the model `hps evaluate` tested "
+                                f"({EVALUATED_MODEL} on run {parent_id}): {_first_line(exc)}") from None
+        # No copy on the parent (evaluated before it was kept, or the evaluation stopped before storing it): only a
+        # single trial evaluated as trained is exactly its trial's model; anything else cannot be rebuilt here.
+        if tags.get("hps.test_top_k", "1") != "1" or tags.get("hps.test_refit", "False") != "False" \
+                or not tags.get("hps.test_run_id"):
+            raise ModelNotFound(f"search {name!r}: the model `hps evaluate` tested ({tags.get('hps.test_selection')}) "
+                                f"is not on run {parent_id}; evaluate again with --force to store it")
+        run_id, what = tags["hps.test_run_id"], "the evaluated trial"
+    else:
+        run_id, what = tags.get("hps.best_run_id"), "its best trial"
     if not run_id:
         raise ModelNotFound(f"search {name!r} has no best trial with a model")
     try:
         return client.download_artifacts(run_id, "model", directory)
-    except MlflowException:
-        raise ModelNotFound(f"search {name!r}: its best trial has no model artifact (was tracking.log_models "
-                            f"none?)") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ModelNotFound(f"search {name!r}: {what} has no model artifact (was tracking.log_models none?) or "
+                            f"it cannot be fetched from run {run_id}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
 def predict_file(tracking_uri: str, reference: str, input_csv: str, output_csv: str) -> int:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -98,22 +99,25 @@ class TrialRunLogger(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, search_name: str, log_models: str,
-                 staging_dir: str | None = None) -> None:
+                 root: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
         self.search_name = search_name
         self.log_models = log_models
-        self.staging_dir = staging_dir
+        self.root = root  # the search's experiment folder (local or s3://): where model uploads read from
         self.runs: dict[str, str] = {"parent": parent_run_id}  # writer key → run id; saved with the experiment
         self.ended: set[str] = set()  # trials whose run was terminated
         self.at_best: dict[str, dict[str, float]] = {}  # trial → metrics at its best epoch so far
         self.last_epoch: dict[str, int] = {}  # trial → last epoch logged (a retried trial replays some epochs)
         self.unfinished: list[str] = []  # trials still open when the experiment ended (interrupted search)
         self.known: set[str] = set()  # trials whose run exists or whose creation is queued
-        self.to_prune: dict[str, tuple[str, bool]] = {}  # folder → (ended trial's id, keep its newest checkpoint)
+        # folder → (ended trial's id, keep its newest checkpoint, wait for its model upload to succeed first)
+        self.to_prune: dict[str, tuple[str, bool, bool]] = {}
         self.restored = False
         self._writer: TrackingWriter | None = None
+
+    root: str | None = None  # class default: loggers pickled by an older version lack the attribute
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -123,7 +127,7 @@ class TrialRunLogger(tune.Callback):
     @property
     def writer(self) -> TrackingWriter:
         if self._writer is None:
-            self._writer = TrackingWriter(self.tracking_uri, self.staging_dir)
+            self._writer = TrackingWriter(self.tracking_uri, self.root)
             self._writer.runs.update(self.runs)
             self.runs = self._writer.runs  # one map, updated by the writer as runs are created
             LOGGERS[self.parent_run_id] = self
@@ -245,37 +249,62 @@ class TrialRunLogger(tune.Callback):
         now = int(time.time() * 1000)
         summary = [(f"best_epoch_{k}", float(v), now, 0) for k, v in self.at_best.get(key, {}).items()]
         self.writer.submit("log_batch", key, metrics=summary, tags=tags)
-        if log_model:
-            self._submit_model(key, trial.checkpoint)
+        uploading = log_model and self._submit_model(key, trial)
         self.writer.submit("set_status", key, status=status)
         self.ended.add(key)
         if outcome != "interrupted":
-            # An ended trial is never resumed: once its model is in MLflow (or staged for upload) its checkpoints
-            # only fill the disk; otherwise only the newest (which holds the best epoch's weights) is kept for
-            # the end of the search. Deleted once the experiment state that records the trial as ended is on
-            # disk: a resume from an older state would still need them.
-            self.to_prune[trial.path] = (key, not log_model and outcome != "failed")
+            # An ended trial is never resumed: once its model is in MLflow its checkpoints only fill the disk;
+            # otherwise only the newest (which holds the best epoch's weights) is kept for the end of the search.
+            # Deleted once the experiment state that records the trial as ended is on disk (a resume from an
+            # older state would still need them) and, for a model being uploaded, once the upload succeeded: the
+            # upload reads the checkpoint itself, which is the only copy while the tracking server is down.
+            self.to_prune[trial.path] = (key, not log_model and outcome != "failed", uploading)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if not self.to_prune:
             return
         ended = _ended_in_saved_state(next(iter(self.to_prune)))
-        for path, (trial_id, keep_newest) in list(self.to_prune.items()):
-            if trial_id in ended:
+        for path, (trial_id, keep_newest, uploading) in list(self.to_prune.items()):
+            if trial_id in ended and (not uploading or trial_id in self.writer.uploaded):
                 prune_checkpoints(path, keep_newest)
                 del self.to_prune[path]
 
-    def _submit_model(self, key: str, checkpoint: tune.Checkpoint | None) -> None:
+    def models_not_uploaded(self) -> set[str]:
+        """Trials whose model upload was submitted but has not succeeded (still queued, or given up): their
+        checkpoints must be kept."""
+        return {key for key, _, uploading in self.to_prune.values() if uploading and key not in self.writer.uploaded}
+
+    def _submit_model(self, key: str, trial) -> bool:
+        """Queue the upload of the trial's best model straight from its newest checkpoint (no copy: the
+        checkpoint is kept until the upload succeeded); the ``hps.model`` tag is set only after the upload."""
+        checkpoint = trial.checkpoint
         if checkpoint is None:
-            return
+            return False
         try:
-            with checkpoint.as_directory() as directory:
-                model_dir = Path(directory) / MODEL_DIR
-                if model_dir.is_dir():
-                    self.writer.submit("log_artifacts", key, local_dir=str(model_dir), artifact_path="model")
-                    self.writer.submit("log_batch", key, tags={"hps.model": "model"})
+            import pyarrow.fs
+
+            model_path = f"{checkpoint.path.rstrip('/')}/{MODEL_DIR}"
+            if checkpoint.filesystem.get_file_info(model_path).type != pyarrow.fs.FileType.Directory:
+                return False
+            # (A logger unpickled from a search started before `root` existed reads absolute paths.)
+            source = _relative_to_experiment(model_path, trial.path if self.root else None, checkpoint.filesystem)
         except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
+            return False
+        self.writer.submit("log_artifacts", key, local_dir=source, artifact_path="model", tags={"hps.model": "model"})
+        return True
+
+
+def _relative_to_experiment(path: str, trial_dir: str | None, filesystem) -> str:
+    """``path`` relative to the experiment folder (the trial folder's parent), so a pending upload still finds it
+    when the storage folder is resumed from elsewhere; an absolute path or URI if it lies outside."""
+    if trial_dir:
+        experiment = posixpath.dirname(trial_dir.rstrip("/"))
+        relative = posixpath.relpath(path, experiment)
+        if not relative.startswith(".."):
+            return relative
+    type_name = getattr(filesystem, "type_name", "local")
+    return path if type_name == "local" else f"{type_name}://{path}"
 
 
 def reconcile(logger: TrialRunLogger, trials: list, check_histories: bool) -> int:

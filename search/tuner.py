@@ -10,10 +10,9 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from search.tracking import (
     reconcile,
     start_search_run,
 )
-from search.writer import TrackingWriter, quick_failing_http
+from search.writer import TrackingWriter, describe_given_up, quick_failing_http, state_exists, write_state
 from search.errors import SearchExists, SearchNotFound, StorageError, TrackingError
 from trainables.data import DataError, SplitDataset
 from trainables.ray_adapter import tune_trainable
@@ -69,7 +68,8 @@ class TrackingBacklog(RuntimeError):
 
 @dataclass
 class SearchOutcome:
-    """What a finished search produced."""
+    """What a finished search produced. ``writes_given_up`` lists the MLflow writes that could not be made
+    (``{"kind", "key", "reason"}``); the CLI reports them and exits 1."""
 
     name: str
     parent_run_id: str
@@ -77,6 +77,7 @@ class SearchOutcome:
     leaderboard: pd.DataFrame
     n_trials: int
     n_errors: int
+    writes_given_up: list[dict] = field(default_factory=list)
 
 
 def storage_dir(storage: str | None) -> str:
@@ -111,7 +112,7 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     search = _Search(cfg, client, exp_id, parent, storage_path)
 
     def make_tuner() -> tune.Tuner:
-        logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.staging)
+        logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root)
         return _build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)])
 
     return _execute(search, make_tuner, address)
@@ -129,8 +130,13 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
     client = connect(uri)
     pending = _pending_file(storage_path, name)
-    if pending.exists() and not TrackingWriter.replay(pending, uri):
-        raise TrackingError(f"could not write the buffered MLflow operations in {pending}; is {uri} up?")
+    given_up: list[dict] = []
+    if state_exists(pending):
+        quick_failing_http()
+        replay = TrackingWriter.replay(pending, uri, root=_experiment_path(storage_path, name))
+        if not replay.done:
+            raise TrackingError(f"could not write the buffered MLflow operations in {pending}; is {uri} up?")
+        given_up = replay.given_up  # reported at the end of the resumed search (exit 1), not refused forever
     parent = manifest["parent_run_id"]
     split = split_from_config(cfg)
     recorded = client.get_run(parent).data.tags.get("hps.split_fingerprint")
@@ -138,7 +144,7 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
         raise DataError(f"the data changed since the search started (split fingerprint {split.fingerprint} != "
                         f"{recorded}); it cannot be resumed on different data")
     client.update_run(parent, status="RUNNING")
-    search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path)
+    search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path, given_up)
 
     def make_tuner() -> tune.Tuner:
         trainable = _trainable(cfg, split.trial_folds())
@@ -156,11 +162,14 @@ class _Search:
     exp_id: str
     parent: str
     storage_path: str
+    given_up: list[dict] = field(default_factory=list)  # MLflow writes given up so far (replayed ones included)
+    keep: set[str] = field(default_factory=set)  # trials whose checkpoints must outlive the search (model not in MLflow)
 
     @property
-    def staging(self) -> str:
-        """Where model files wait for upload while the tracking server is down (outlives the process)."""
-        return str(Path(tempfile.gettempdir()) / "hps-staging" / self.parent)
+    def root(self) -> str:
+        """The search's experiment folder (local path or URI): model uploads read the trials' checkpoints there,
+        so a model waiting for the tracking server survives a restart of the machine."""
+        return _experiment_path(self.storage_path, self.cfg.name)
 
 
 def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
@@ -175,8 +184,10 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
         if logger is not None:
             _settle_tracking(search, logger, results)
         if interrupted:
-            finish_search_run(client, parent, "KILLED", {"hps.status": "interrupted"})
-            raise SearchInterrupted(f"search {cfg.name} was interrupted; continue it with "
+            finish_search_run(client, parent, "KILLED", {"hps.status": "interrupted",
+                                                         "hps.writes_given_up": str(len(search.given_up))})
+            lost = f" ({describe_given_up(search.given_up)})" if search.given_up else ""
+            raise SearchInterrupted(f"search {cfg.name} was interrupted{lost}; continue it with "
                                     f"`hps resume {cfg.name}{_storage_flag(search.storage_path)}`")
         return _finish(search, results, release_ray=started_ray)
     except (KeyboardInterrupt, SearchInterrupted, TrackingBacklog, SearchFailed):
@@ -196,12 +207,18 @@ def _settle_tracking(search: _Search, logger: TrialRunLogger, results: tune.Resu
             log.warning("replayed missing MLflow records of ended trials from the experiment state")
         if writer.drain(cfg.tracking.outage_wait_s):
             writer.close()
+            search.given_up.extend(writer.given_up)
+            search.keep |= logger.models_not_uploaded()
             return
     pending = _pending_file(search.storage_path, cfg.name)
+    writer.close(wait_s=20)  # the write in flight ends first: what is queued then is exactly what was not written
+    # Writes given up so far (a replay's included) travel with the backlog and are reported after its replay.
+    writer.given_up[:0] = search.given_up
     count = writer.save_pending(pending)
+    lost = f"; {describe_given_up(writer.given_up)}" if writer.given_up else ""
     raise TrackingBacklog(
         f"the tracking server was unreachable at the end of the search; {count} MLflow writes are saved in "
-        f"{pending}: run `hps resume {cfg.name}{_storage_flag(search.storage_path)}` once it is back"
+        f"{pending}: run `hps resume {cfg.name}{_storage_flag(search.storage_path)}` once it is back{lost}"
     )
 
 
@@ -211,6 +228,7 @@ def _finish(search: _Search, results: tune.ResultGrid, release_ray: bool = False
     board = leaderboard(client, client.get_run(parent))
     n_errors = sum(1 for r in results if r.error is not None)
     summary = _summarize(board, cfg, len(results), n_errors)
+    summary["hps.writes_given_up"] = str(len(search.given_up))
     if board.empty or board.iloc[0]["outcome"] == "failed":
         finish_search_run(client, parent, "FAILED", summary)
         reasons = board["note"].dropna().unique()[:3] if "note" in board else []
@@ -220,8 +238,11 @@ def _finish(search: _Search, results: tune.ResultGrid, release_ray: bool = False
     if cfg.tracking.log_models == "best":
         log_model_artifacts(client, best["run_id"], _checkpoint_of(results, best["trial"]))
     client.set_tag(best["run_id"], "hps.best", "true")
+    # Checkpoints of trials whose model upload was given up stay: they hold the only copy of that model.
+    keep = search.keep | {g["key"] for g in search.given_up if g["kind"] == "log_artifacts"}
     for result in results:  # the search is over: nothing will resume from these (the best model is in MLflow)
-        prune_checkpoints(result.path)
+        if not any(trial_id in os.path.basename(result.path or "") for trial_id in keep):
+            prune_checkpoints(result.path)
     report = threading.Thread(target=_write_report, args=(client, parent, cfg), name="hps-report", daemon=True)
     report.start()
     if release_ray:
@@ -230,7 +251,7 @@ def _finish(search: _Search, results: tune.ResultGrid, release_ray: bool = False
         ray.shutdown()
     report.join()
     finish_search_run(client, parent, "FINISHED", summary)
-    return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors)
+    return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors, list(search.given_up))
 
 
 def _remove_orphan_runs(client, parent: str, results: tune.ResultGrid) -> None:
@@ -284,13 +305,9 @@ MANIFEST = "hps-search.json"
 
 
 def _write_manifest(storage_path: str, name: str, manifest: dict) -> None:
-    """What `hps resume` needs besides Ray's own state: the resolved config and the MLflow run ids."""
-    import pyarrow.fs
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(_experiment_path(storage_path, name))
-    filesystem.create_dir(root, recursive=True)
-    with filesystem.open_output_stream(f"{root}/{MANIFEST}") as stream:
-        stream.write(json.dumps(manifest, indent=1).encode())
+    """What `hps resume` needs besides Ray's own state: the resolved config and the MLflow run ids. Written
+    whole or not at all (temporary file, then rename)."""
+    write_state(f"{_experiment_path(storage_path, name)}/{MANIFEST}", json.dumps(manifest, indent=1))
 
 
 def _read_manifest(storage_path: str, name: str) -> dict:
@@ -306,10 +323,10 @@ def _read_manifest(storage_path: str, name: str) -> dict:
         return json.loads(stream.readall())
 
 
-def _pending_file(storage_path: str, name: str) -> Path:
-    if "://" in storage_path:
-        return Path.cwd() / f"{name}.mlflow-pending.json"
-    return Path(storage_path) / name / "mlflow-pending.json"
+def _pending_file(storage_path: str, name: str) -> str:
+    """Where MLflow writes still pending at the end of a search wait for `hps resume`: beside the experiment state,
+    in the search's storage folder (with ``s3://`` storage, in the bucket), never in the working folder."""
+    return f"{_experiment_path(storage_path, name)}/mlflow-pending.json"
 
 
 def _write_report(client, parent: str, cfg: HpsConfig) -> None:

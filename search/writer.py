@@ -5,18 +5,31 @@ unreachable the thread keeps the failed operation at the head of the queue and r
 training never waits for MLflow and nothing is dropped or reordered; when the server is back the backlog is
 written. Operations name runs by a key (a trial id, or ``"parent"``) rather than a run id, because a run created
 during an outage gets its id only when the server answers. What cannot be written before the search ends is
-saved to a JSON file and replayed later (``hps resume``).
+saved to a JSON file in the search's storage folder and replayed later (``hps resume``).
+
+A write that fails while the server answers other requests (a rejected value, a deleted run, a model folder that
+is gone, any exception at all) is retried at most ``MAX_ATTEMPTS`` times, then *given up*: it is taken off the
+queue so later writes go on, logged as an error, and listed in :attr:`TrackingWriter.given_up`, which the search
+reports (a tag on the parent run, a line at exit, exit code 1). Only "the server does not answer" is waited out.
+
+Model uploads do not copy anything: the operation names the model folder of the trial's checkpoint, relative to
+the search's experiment folder (local or ``s3://``), and the caller keeps that checkpoint until
+:attr:`TrackingWriter.uploaded` says the upload succeeded. So a pending upload survives a restart of the machine
+and a resume from a moved storage folder, and a folder that is gone makes the upload fail loudly instead of
+"succeeding" with nothing (MLflow's ``log_artifacts`` walks a missing folder without an error).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
-import shutil
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +40,13 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-# MLflow error codes that retrying cannot fix (bad value, run gone, ...): such an operation is dropped and counted.
+# MLflow error codes that retrying cannot fix (bad value, run gone, ...): such an operation is given up at once.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
                     "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 BACKOFF_S = (0.5, 1, 2, 5, 10)
+# Failures of one write, while the server answers, before it is given up (bounded whatever the exception type: an
+# operation that can never succeed must not block every later write at the head of the queue).
+MAX_ATTEMPTS = 5  # ~9 s of backoff in all: outlasts a locked database or a restarting worker
 MAX_BATCH_METRICS, MAX_BATCH_TAGS = 1000, 100  # MLflow's limits for one log_batch
 # How long a run's metrics may wait to be merged with its next epochs' into one log_batch. Each log_batch costs
 # the tracking store ~10 ms of CPU (a query, inserts, a commit) whatever its size; short epochs would otherwise
@@ -48,20 +64,36 @@ class Op:
     queued_at: float = 0.0  # time.monotonic() at submission: this process's clock, so not kept by save_pending
 
 
+class SourceMissing(RuntimeError):
+    """The folder an upload names is gone: no retry can bring it back."""
+
+
 def is_permanent(exc: Exception) -> bool:
     """True for errors the server gave a definite answer to; connection problems and 5xx are transient."""
-    return isinstance(exc, MlflowException) and exc.error_code in PERMANENT_ERRORS
+    return isinstance(exc, SourceMissing) or (isinstance(exc, MlflowException) and exc.error_code in PERMANENT_ERRORS)
+
+
+def describe_given_up(given_up: list[dict]) -> str:
+    """``3 MLflow write(s) were given up (first: log_artifacts for 1a2b3c4d: ...)`` for a one-line report."""
+    first = given_up[0]
+    return (f"{len(given_up)} MLflow write(s) were given up (first: {first['kind']} for {first['key']}: "
+            f"{first['reason'][:200]})")
 
 
 class TrackingWriter:
-    """Executes :class:`Op` s against one tracking server, in submission order, in a background thread."""
+    """Executes :class:`Op` s against one tracking server, in submission order, in a background thread.
 
-    def __init__(self, tracking_uri: str, staging_dir: str | None = None) -> None:
+    ``root`` is the search's experiment folder (a local path or a ``s3://``-style URI): relative upload sources
+    are resolved against it when the upload runs.
+    """
+
+    def __init__(self, tracking_uri: str, root: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
-        self.staging_dir = Path(staging_dir) if staging_dir else None
+        self.root = root
         self.runs: dict[str, str] = {}  # key → MLflow run id
-        self.dropped = 0
+        self.given_up: list[dict] = []  # {"kind", "key", "reason"} of every write given up, in order
+        self.uploaded: set[str] = set()  # keys whose model upload (log_artifacts) succeeded
         self.outage_since: float | None = None
         self.outages: list[tuple[float, float]] = []  # (start, end) of every outage seen, for the record
         self._queue: collections.deque[Op] = collections.deque()
@@ -74,20 +106,20 @@ class TrackingWriter:
 
     # -- submitting -----------------------------------------------------------------------------------------
     def submit(self, kind: str, key: str, **args: Any) -> None:
-        """Queue an operation; returns at once."""
-        if kind == "log_artifacts":
-            args["local_dir"] = self._stage(args["local_dir"], key)
+        """Queue an operation; returns at once.
+
+        ``log_artifacts`` takes ``local_dir`` (a folder: absolute, a URI, or relative to ``root``), optional
+        ``artifact_path`` and optional ``tags`` that are set on the run only once the upload succeeded. The folder
+        is read when the upload runs, not now: the caller must keep it until ``key`` is in :attr:`uploaded`.
+        """
         with self._cv:
             self._queue.append(Op(kind, key, args, time.monotonic()))
             self._cv.notify_all()
 
-    def _stage(self, local_dir: str, key: str) -> str:
-        # The source (a trial checkpoint) may be rotated away before an outage ends: upload from a private copy.
-        if self.staging_dir is None:
-            return local_dir
-        target = self.staging_dir / f"{key}-{time.monotonic_ns()}"
-        shutil.copytree(local_dir, target)
-        return str(target)
+    @property
+    def dropped(self) -> int:
+        """How many writes were given up."""
+        return len(self.given_up)
 
     # -- draining ---------------------------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
@@ -110,37 +142,57 @@ class TrackingWriter:
         with self._cv:
             return list(self._queue)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 0) -> None:
+        """Stop the worker; with ``wait_s``, wait that long for the write in flight to end (so that what is still
+        queued afterwards is exactly what was not written)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        if wait_s and self._thread is not threading.current_thread():
+            self._thread.join(wait_s)
 
-    def save_pending(self, path: Path) -> int:
-        """Write what is still queued (and the run ids known so far) to ``path``; returns the count."""
-        self.close()
+    def save_pending(self, target: str | Path) -> int:
+        """Write what is still queued, the run ids known so far and the writes given up to ``target`` (a local
+        path or a pyarrow-filesystem URI such as ``s3://...``), atomically; returns the count of queued writes."""
+        self.close(wait_s=20)
         ops = self.pending()
-        path.write_text(json.dumps({"tracking_uri": self.tracking_uri, "runs": self.runs,
-                                    "ops": [{**asdict(op), "queued_at": 0.0} for op in ops]}, indent=1))
+        write_state(str(target), json.dumps({
+            "tracking_uri": self.tracking_uri, "runs": self.runs, "given_up": self.given_up,
+            "ops": [{**asdict(op), "queued_at": 0.0} for op in ops]}, indent=1))
         return len(ops)
 
     @classmethod
-    def replay(cls, path: Path, tracking_uri: str | None = None, timeout: float = 60) -> bool:
-        """Write operations saved by :meth:`save_pending`; the file is removed once all are written."""
-        saved = json.loads(path.read_text())
-        writer = cls(tracking_uri or saved["tracking_uri"])
+    def replay(cls, target: str | Path, tracking_uri: str | None = None, timeout: float = 60,
+               root: str | None = None) -> "Replay":
+        """Write operations saved by :meth:`save_pending` (relative upload sources resolved against ``root``),
+        for as long as each ``timeout`` seconds see progress.
+
+        Once every operation is written or given up the file is removed; otherwise what is left (and the run ids
+        learnt meanwhile) is saved back to it. The result lists every write given up, earlier ones included.
+        """
+        saved = json.loads(read_state(str(target)))
+        writer = cls(tracking_uri or saved["tracking_uri"], root)
         writer.runs.update(saved["runs"])
+        writer.given_up.extend(saved.get("given_up", []))
         with writer._cv:
             writer._queue.extend(Op(**op) for op in saved["ops"])
             writer._cv.notify_all()
+        left = len(writer.pending())
         done = writer.drain(timeout)
-        writer.close()
+        while not done and writer.outage_since is None and len(writer.pending()) < left:
+            left = len(writer.pending())  # slow (writes being tried and given up), but moving: keep going
+            done = writer.drain(timeout)
         if done:
-            path.unlink()
-        return done
+            writer.close()
+            delete_state(str(target))
+        else:
+            writer.save_pending(target)
+        return Replay(done, list(writer.given_up))
 
     # -- the worker ---------------------------------------------------------------------------------------------
     def _work(self) -> None:
-        attempt = 0
+        outage_attempt = 0  # failed tries of the head write while the server does not answer (waited out)
+        failures = 0  # failed tries of the head write while the server answers (bounded by MAX_ATTEMPTS)
         while True:
             with self._cv:
                 while True:
@@ -158,27 +210,59 @@ class TrackingWriter:
                 self._execute(op)
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 if is_permanent(exc):
-                    log.warning("MLflow rejected %s for %s, skipped: %s", op.kind, op.key, exc)
-                    self.dropped += 1
-                else:
+                    self._give_up(op, exc)
+                elif not self._server_answers():
                     if self.outage_since is None:
                         self.outage_since = time.time()
                         log.warning("tracking server unavailable (%s); buffering writes until it is back",
                                     type(exc).__name__)
-                    with self._cv:
-                        self._busy = False
-                        self._cv.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-                    attempt += 1
+                    self._pause(BACKOFF_S[min(outage_attempt, len(BACKOFF_S) - 1)])
+                    outage_attempt += 1
                     continue
+                else:  # the server answers, this write fails: its own problem, retried a bounded number of times
+                    failures += 1
+                    if failures < MAX_ATTEMPTS:
+                        log.warning("writing %s for %s failed (attempt %d of %d): %s", op.kind, op.key, failures,
+                                    MAX_ATTEMPTS, _one_line(exc))
+                        self._pause(BACKOFF_S[min(failures - 1, len(BACKOFF_S) - 1)])
+                        continue
+                    self._give_up(op, exc)
             if self.outage_since is not None:
                 self.outages.append((self.outage_since, time.time()))
                 log.warning("tracking server is back; wrote the buffered operations")
                 self.outage_since = None
-            attempt = 0
+            outage_attempt = failures = 0
             with self._cv:
                 self._queue.popleft()
                 self._busy = False
                 self._cv.notify_all()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before the next try (woken early by close)."""
+        with self._cv:
+            self._busy = False
+            self._cv.wait(seconds)
+
+    def _server_answers(self) -> bool:
+        """Whether the tracking server answers a cheap request: tells an outage (wait it out) from a write that
+        fails on its own (give it up after a few tries)."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except MlflowException as exc:
+            return is_permanent(exc)  # a definite refusal (e.g. permission) is an answer
+        except Exception:  # noqa: BLE001 - connection refused, timeout, ...
+            return False
+        return True
+
+    def _give_up(self, op: Op, exc: Exception) -> None:
+        entry = {"kind": op.kind, "key": op.key, "reason": _one_line(exc)}
+        with self._cv:
+            self.given_up.append(entry)
+        if op.kind == "log_artifacts":
+            log.error("gave up uploading %s of %s (its checkpoint is kept in the storage folder): %s",
+                      op.args.get("artifact_path") or "artifacts", op.key, entry["reason"])
+        else:
+            log.error("gave up writing %s for %s: %s", op.kind, op.key, entry["reason"])
 
     def _batch_window_left(self) -> float:
         """Seconds the head ``log_batch`` should still wait for more of its run's epochs (0: write it now)."""
@@ -229,9 +313,11 @@ class TrackingWriter:
             tags = [RunTag(k, str(v)) for k, v in args.get("tags", {}).items()]
             client.log_batch(run_id, metrics=metrics, tags=tags)
         elif op.kind == "log_artifacts":
-            client.log_artifacts(run_id, args["local_dir"], artifact_path=args.get("artifact_path"))
-            if self.staging_dir is not None and Path(args["local_dir"]).is_relative_to(self.staging_dir):
-                shutil.rmtree(args["local_dir"], ignore_errors=True)
+            with self._local_copy(args["local_dir"]) as local_dir:
+                client.log_artifacts(run_id, local_dir, artifact_path=args.get("artifact_path"))
+            if args.get("tags"):  # e.g. hps.model: only once the files are really there
+                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args["tags"].items()])
+            self.uploaded.add(op.key)
         elif op.kind == "log_text":
             client.log_text(run_id, args["text"], args["path"])
         elif op.kind == "set_status":
@@ -241,6 +327,121 @@ class TrackingWriter:
                 client.set_terminated(run_id, args["status"])
         else:
             raise ValueError(f"unknown operation {op.kind}")
+
+
+    @contextlib.contextmanager
+    def _local_copy(self, source: str):
+        """The upload folder ``source`` as a local folder (downloaded first from a remote storage); raises
+        :class:`SourceMissing` when it does not exist or holds no file."""
+        location = source
+        if self.root and "://" not in source and not os.path.isabs(source):
+            location = f"{self.root.rstrip('/')}/{source}"
+        if "://" not in location:
+            folder = Path(location)
+            if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
+                raise SourceMissing(f"{location} is missing or empty")
+            yield location
+            return
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+            raise SourceMissing(f"{location} is missing")
+        with tempfile.TemporaryDirectory(prefix="hps-upload-") as tmp:
+            pyarrow.fs.copy_files(path, tmp, source_filesystem=filesystem,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+            if not any(p.is_file() for p in Path(tmp).rglob("*")):
+                raise SourceMissing(f"{location} is empty")
+            yield tmp
+
+
+@dataclass
+class Replay:
+    """What :meth:`TrackingWriter.replay` did: whether everything was written or given up, and what was given up."""
+
+    done: bool
+    given_up: list[dict]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+
+
+def _filesystem(target: str):
+    """(pyarrow filesystem, path) for a URI; None for a local path."""
+    if "://" not in target:
+        return None
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(target)
+
+
+def write_state(target: str, text: str) -> None:
+    """Write a small state file (the pending writes, the search manifest) so that it is never seen half-written:
+    into a temporary file beside it, then renamed over it. ``target`` is a local path or a pyarrow URI
+    (``s3://...``: the renamed copy appears whole, as one object)."""
+    remote = _filesystem(target)
+    if remote is None:
+        folder = Path(target).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".partial", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as stream:
+                stream.write(text)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        return
+    filesystem, path = remote
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        with filesystem.open_output_stream(partial) as stream:
+            stream.write(text.encode())
+        filesystem.move(partial, path)
+    finally:
+        import pyarrow.fs
+
+        if filesystem.get_file_info(partial).type != pyarrow.fs.FileType.NotFound:
+            filesystem.delete_file(partial)
+
+
+def read_state(target: str) -> str:
+    """The text of a state file written by :func:`write_state`."""
+    remote = _filesystem(target)
+    if remote is None:
+        return Path(target).read_text()
+    filesystem, path = remote
+    with filesystem.open_input_stream(path) as stream:
+        return stream.readall().decode()
+
+
+def state_exists(target: str) -> bool:
+    """Whether a state file exists at ``target`` (a local path or a pyarrow URI)."""
+    remote = _filesystem(target)
+    if remote is None:
+        return Path(target).is_file()
+    import pyarrow.fs
+
+    filesystem, path = remote
+    return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def delete_state(target: str) -> None:
+    """Remove a state file (no error if it is already gone)."""
+    remote = _filesystem(target)
+    if remote is None:
+        Path(target).unlink(missing_ok=True)
+        return
+    import pyarrow.fs
+
+    filesystem, path = remote
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        filesystem.delete_file(path)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
