@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -13,7 +15,6 @@ from search import plots
 from search.config import HpsConfig
 from search.leaderboard import leaderboard, parse_number, trial_runs
 from search.space import distribution_for
-from search.tracking import log_table
 
 TOP_CURVES = 8
 # As in search/searcher.py (which `hps report` does not import): "A new study created in memory" says nothing here.
@@ -62,3 +63,11 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
     if not board.empty:
         log_table(client, parent.info.run_id, board, "leaderboard.csv")
     return sorted(p.name for p in written)
+
+
+def log_table(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
+    """Attach a pandas DataFrame to a run as a CSV artifact."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, name)
+        frame.to_csv(path, index=False)
+        client.log_artifact(run_id, path)
