@@ -50,12 +50,7 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         written = plots.optuna_plots(review_study(cfg, runs), directory)
-        top = board[board["outcome"] != "failed"].head(TOP_CURVES)
-        histories = {
-            row["trial"]: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], metric)]
-            for _, row in top.iterrows()
-        }
-        stopped = set(top.loc[top["outcome"] == "stopped_early", "trial"])
+        histories, stopped = _top_curves(client, board, metric)
         if histories:
             written.append(plots.validation_curves(histories, stopped, metric, directory / "validation_curves.png"))
         if written:
@@ -63,6 +58,18 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
     if not board.empty:
         log_table(client, parent.info.run_id, board, "leaderboard.csv")
     return sorted(p.name for p in written)
+
+
+def _top_curves(client: MlflowClient, board: pd.DataFrame, metric: str) -> tuple[dict, set[str]]:
+    """The per-epoch ``metric`` of the best trials that did not fail, by trial; which of them ASHA stopped early."""
+    if board.empty:  # no trial was recorded: the board has no columns
+        return {}, set()
+    top = board[board["outcome"] != "failed"].head(TOP_CURVES)
+    histories = {
+        row["trial"]: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], metric)]
+        for _, row in top.iterrows()
+    }
+    return histories, set(top.loc[top["outcome"] == "stopped_early", "trial"])
 
 
 def log_table(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
