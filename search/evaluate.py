@@ -65,6 +65,15 @@ class Evaluation:
         """Whether the members were retrained on train + validation before the test."""
         return self.n_refit > 0
 
+    @classmethod
+    def of(cls, search: str, members: list[dict], metric: str, top_k: int, n_refit: int, n_test: int,
+           metrics: dict[str, float]) -> Evaluation:
+        """The evaluation of ``members`` (best first), before it is recorded and registered."""
+        best = members[0]
+        return cls(search=search, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"],
+                   epoch=best["epoch"], selection=_describe_selection(members, metric, n_refit), n_test=n_test,
+                   metrics=metrics, metric=metric, members=members, n_refit=n_refit, top_k=top_k)
+
 
 def choose_trials(board: pd.DataFrame, metric: str, k: int = 1) -> pd.DataFrame:
     """The ``k`` best trials (fewer if fewer finished) by ``metric`` at their kept (best-validation) epoch."""
@@ -102,18 +111,10 @@ def evaluate_search(
         rows, target = split.test_rows()
         out_dir = Path(tmp) / "test"
         out_dir.mkdir()
-        metrics = _test(model, prep, rows, target, out_dir)
-
-        best = members[0]
         n_refit = 0 if refit_data is None else len(refit_data.x_train)
-        evaluation = Evaluation(
-            search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
-            selection=_describe_selection(members, metric, n_refit), n_test=len(rows), metrics=metrics,
-            metric=metric, members=members, n_refit=n_refit, top_k=top_k,
-        )
-        use = int(parent.data.tags.get("hps.test_uses", "0")) + 1
-        _record_use(client, parent, evaluation, use, force, out_dir)
-        client.log_artifacts(parent.info.run_id, str(model_dir), artifact_path=EVALUATED_MODEL)
+        evaluation = Evaluation.of(name, members, metric, top_k, n_refit, len(rows),
+                                   _test(model, prep, rows, target, out_dir))
+        _record_use(client, parent, evaluation, force, out_dir, model_dir)
         evaluation.artifacts = sorted(p.name for p in out_dir.iterdir())
         evaluation.registered = register_champion(
             client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name
@@ -264,8 +265,11 @@ def _describe_selection(members: list[dict], metric: str, n_refit: int = 0) -> s
     return f"mean of the top {len(members)} trials by {metric}: {listed}{refit}"
 
 
-def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, forced: bool, out_dir: Path) -> None:
-    """Log test metrics (step = use number), tags naming what was evaluated, plots, and a record of this use."""
+def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, forced: bool, out_dir: Path, model_dir: Path,
+                ) -> None:
+    """Log test metrics (step = use number), tags naming what was evaluated, plots, a record of this use, and a copy
+    of the tested model (what `hps predict NAME` uses)."""
+    use = int(parent.data.tags.get("hps.test_uses", "0")) + 1
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     main = next((k for k in ("test_accuracy", "test_mae") if k in ev.metrics), next(iter(ev.metrics)))
     summary = f"{main}={ev.metrics[main]:.4g}"
@@ -285,3 +289,4 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
         }.items()],
     )
     client.log_artifacts(parent.info.run_id, str(out_dir), artifact_path="test")
+    client.log_artifacts(parent.info.run_id, str(model_dir), artifact_path=EVALUATED_MODEL)

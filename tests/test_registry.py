@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
-import pandas as pd
 
 from search.registry import CHAMPION, register_champion
 from tests.fabricate import record_search, regression_rows, save_regressor, sqlite_uri
