@@ -12,9 +12,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from trainables.checkpoint import save_model
+from trainables.checkpoint import load_model, save_model
 from trainables.data import Preprocessor
 from trainables.model import Architecture, build_mlp
+from trainables.predict import predict_frame
 
 
 @dataclass
@@ -86,3 +87,9 @@ def save_regressor(folder: Path, rows: pd.DataFrame, target: pd.Series, seed: in
     save_model(folder, build_mlp(arch).state_dict(),
                {"architecture": arch.to_dict(), "preprocessor": prep.to_dict(), "params": {}, "epoch": 1})
     return folder
+
+
+def predictions_of(folder: Path, rows: pd.DataFrame) -> np.ndarray:
+    """What the model saved in ``folder`` predicts for ``rows`` (the ``prediction`` column)."""
+    model, description = load_model(folder)
+    return predict_frame(model, Preprocessor.from_dict(description["preprocessor"]), rows)["prediction"].to_numpy()

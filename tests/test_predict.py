@@ -11,15 +11,8 @@ import pytest
 from search.errors import ModelNotFound
 from search.evaluate import EVALUATED_MODEL
 from search.predict import _write_whole, predict_file
-from tests.fabricate import Trial, record_search, regression_rows, save_regressor, sqlite_uri
-from trainables.checkpoint import load_model
-from trainables.data import DataError, Preprocessor
-from trainables.predict import predict_frame
-
-
-def predictions_of(folder, rows: pd.DataFrame) -> np.ndarray:
-    model, description = load_model(folder)
-    return predict_frame(model, Preprocessor.from_dict(description["preprocessor"]), rows)["prediction"].to_numpy()
+from tests.fabricate import Trial, predictions_of, record_search, regression_rows, save_regressor, sqlite_uri
+from trainables.data import DataError
 
 
 @pytest.fixture
