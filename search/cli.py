@@ -155,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict rows of a CSV with a registered model, a run's model or a search's best model."""
-    from search.evaluate import predict_file
+    from search.predict import predict_file
 
     n = predict_file(args.tracking_uri, args.model, args.input, args.output)
     print(f"wrote {n} predictions to {args.output}")
@@ -166,8 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Regenerate the review plots and leaderboard CSV of a search on its parent run."""
     from mlflow.tracking import MlflowClient
 
-    from search.evaluate import recorded_config
-    from search.leaderboard import find_search_run
+    from search.leaderboard import find_search_run, recorded_config
     from search.report import write_report
     from search.connection import connect
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -52,7 +52,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 SEARCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # MLflow refuses "/" and ":" in registered model names; "@" would make models:/NAME@champion ambiguous.
 REGISTERED_NAME_PATTERN = r"^[^/:@\s](?:[^/:@]*[^/:@\s])?$"
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+# Optuna samplers by name, the only list of them: search.searcher finds each one's class by its name (no optuna here).
+Sampler = Literal["tpe", "random", "cmaes", "gp", "qmc"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
 ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() for m in ms}))
 # Defaults of the trainable for hyperparameters a space leaves out (see trainables.model / trainables.train).
 DEFAULT_N_LAYERS = 2
@@ -225,7 +227,7 @@ class DataConfig(_Strict):
 class SearchConfig(_Strict):
     """How configurations are chosen (Optuna sampler) and what they are judged by."""
 
-    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
+    sampler: Sampler = "tpe"
     seed: int | None = Field(default=0, ge=0, le=MAX_SEED)  # Optuna's samplers seed NumPy: [0, 2**32)
     metric: str = "val_loss"
     mode: Literal["min", "max"] | None = None  # default: min for losses/errors, max for accuracy/F1/R²

@@ -1,14 +1,18 @@
 """Opening the tracking store: a client, after checking the server answers or the database is where it is said to be.
 
-Kept free of Ray, so that the commands that only read a search (``hps trials``, ``evaluate``, ``predict``) start
-quickly.
+Kept free of Ray, so that the commands that only read a search (``hps trials``, ``evaluate``, ``predict``,
+``report``) start quickly.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import requests
 from mlflow.tracking import MlflowClient
 
@@ -40,3 +44,34 @@ def connect(uri: str, existing: bool = False) -> MlflowClient:
     for chatty in ("alembic", "mlflow.store.db.utils"):  # schema migration chatter on a new sqlite store
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
+
+
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # set by mlflow.set_*_uri for subprocesses
+
+
+@contextmanager
+def fluent_uris(uri: str) -> Iterator[None]:
+    """MLflow's module-level API (``mlflow.start_run``, ``pyfunc.log_model``, ``register_model``, ``models:/``
+    downloads) pointed at ``uri`` for the block; the process's own URIs and environment restored after it.
+
+    Those calls take no client, and resolving ``models:/NAME@alias`` reads the global registry URI even when given
+    another; a library function must not leave them changed for its caller.
+    """
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    # What was set explicitly (None: not set, MLflow resolves it from the environment or its default).
+    tracking, registry = tracking_state._tracking_uri, registry_state._registry_uri  # noqa: SLF001
+    environment = {name: os.environ.get(name) for name in URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,8 +1,8 @@
-"""The final step: pick the best trial by validation, evaluate it once on the held-out test split, register it.
+"""``hps evaluate``: the best trial by validation (or the mean of the best few) tested once on the held-out split.
 
 The test split is re-created from the config recorded on the search's parent run and checked against the
 recorded split fingerprint; a second evaluation of the same search is refused unless forced, and every use of
-the test set is recorded on the parent run.
+the test set is recorded on the parent run. The tested model is then registered (:mod:`search.registry`).
 """
 
 from __future__ import annotations
@@ -15,31 +15,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Run, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
 from search import plots
-from search.config import HpsConfig, check_members_have_models, check_registered_name, parse_config
+from search.config import HpsConfig, check_members_have_models, check_registered_name
 from search.connection import connect
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
-from search.leaderboard import find_search_run, leaderboard
+from search.leaderboard import find_search_run, leaderboard, recorded_config
+from search.registry import register_champion
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
 from trainables.device import local_device
 from trainables.model import Architecture
 from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
-from trainables.predict import model_outputs, predict_frame, probabilities, regression_values
+from trainables.predict import model_outputs, probabilities, regression_values
 from trainables.train import fold_std_name, train_epochs
 
-CHAMPION = "champion"
 EVALUATED_MODEL = "evaluated_model"  # the parent run's copy of the model `hps evaluate` tested
-SERVING_CODE = Path(__file__).with_name("serving.py")
-TRAINABLES_DIR = Path(__file__).resolve().parent.parent / "trainables"
 
 
 @dataclass
@@ -69,14 +65,14 @@ class Evaluation:
         """Whether the members were retrained on train + validation before the test."""
         return self.n_refit > 0
 
-
-def recorded_config(client: MlflowClient, parent: Run):
-    """The resolved config the search ran with (its `config.yaml` artifact)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(parent.info.run_id, "config.yaml", tmp)
-        import yaml
-
-        return parse_config(yaml.safe_load(Path(path).read_text()))
+    @classmethod
+    def of(cls, search: str, members: list[dict], metric: str, top_k: int, n_refit: int, n_test: int,
+           metrics: dict[str, float]) -> Evaluation:
+        """The evaluation of ``members`` (best first), before it is recorded and registered."""
+        best = members[0]
+        return cls(search=search, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"],
+                   epoch=best["epoch"], selection=_describe_selection(members, metric, n_refit), n_test=n_test,
+                   metrics=metrics, metric=metric, members=members, n_refit=n_refit, top_k=top_k)
 
 
 def choose_trials(board: pd.DataFrame, metric: str, k: int = 1) -> pd.DataFrame:
@@ -97,6 +93,37 @@ def evaluate_search(
     """Evaluate the best trial of search ``name`` (or the average of its ``top_k`` best; each retrained on train +
     validation first with ``refit``) on its test split, log the results on the search's parent run and register
     the evaluated model. ``top_k``/``refit`` default to the search config's ``evaluate`` section."""
+    _check_arguments(top_k, register_as)
+    client = connect(tracking_uri, existing=True)
+    parent = find_search_run(client, name)
+    _refuse_a_second_use(parent, name, force)
+    cfg = recorded_config(client, parent)
+    metric, top_k, refit = _settle_request(cfg, parent, name, metric, top_k, refit)
+    chosen = choose_trials(leaderboard(client, parent), metric, top_k)
+    split = split_from_config(cfg)
+    _check_same_split(split.fingerprint, parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        refit_data = split.refit_data() if refit else None
+        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data,
+                                              _retrainer(cfg) if refit_data is not None else None)
+        model, description = load_model(model_dir)
+        prep = Preprocessor.from_dict(description["preprocessor"])
+        rows, target = split.test_rows()
+        out_dir = Path(tmp) / "test"
+        out_dir.mkdir()
+        n_refit = 0 if refit_data is None else len(refit_data.x_train)
+        evaluation = Evaluation.of(name, members, metric, top_k, n_refit, len(rows),
+                                   _test(model, prep, rows, target, out_dir))
+        _record_use(client, parent, evaluation, force, out_dir, model_dir)
+        evaluation.artifacts = sorted(p.name for p in out_dir.iterdir())
+        evaluation.registered = register_champion(
+            client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name
+        )
+    return evaluation
+
+
+def _check_arguments(top_k: int | None, register_as: str | None) -> None:
+    """The command line's own values, checked before the tracking store is opened."""
     if top_k is not None and top_k < 1:
         raise DataError(f"--top-k must be >= 1, got {top_k}")
     if register_as is not None:
@@ -104,8 +131,10 @@ def evaluate_search(
             check_registered_name(register_as)
         except ValueError as exc:
             raise DataError(f"--register-as: {exc}") from None
-    client = connect(tracking_uri, existing=True)
-    parent = find_search_run(client, name)
+
+
+def _refuse_a_second_use(parent: Run, name: str, force: bool) -> None:
+    """The test set is used once: a search already evaluated is refused unless ``force``."""
     tags = parent.data.tags
     if tags.get("hps.test_evaluated_at") and not force:
         raise AlreadyEvaluated(
@@ -113,61 +142,49 @@ def evaluate_search(
             f"(trial {tags.get('hps.test_trial_id')}: {tags.get('hps.test_summary')}); "
             "the test set is used once — pass --force to evaluate again (it will be recorded)"
         )
-    cfg = recorded_config(client, parent)
+
+
+def _settle_request(
+    cfg: HpsConfig, parent: Run, name: str, metric: str | None, top_k: int | None, refit: bool | None,
+) -> tuple[str, int, bool]:
+    """The metric, member count and refit to evaluate with: the given ones, else the search's (its config's
+    ``evaluate`` section); refused where the search cannot honour them."""
     refit = cfg.evaluate.refit if refit is None else refit
     if not refit and cfg.data.split.folds:
         raise DataError(f"search {name!r} cross-validated ({cfg.data.split.folds} folds): each trial's model saw only "
                         "part of the development rows, so what is tested must be refit on all of them; drop --no-refit")
-    metric = metric or tags.get("hps.metric", cfg.search.metric)
+    metric = metric or parent.data.tags.get("hps.metric", cfg.search.metric)
     top_k = top_k or cfg.evaluate.top_k
     try:
         check_members_have_models(top_k, cfg.tracking.log_models, "--top-k")
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    chosen = choose_trials(leaderboard(client, parent), metric, top_k)
+    return metric, top_k, refit
 
-    split = split_from_config(cfg)
-    if split.fingerprint != tags.get("hps.split_fingerprint"):
+
+def _check_same_split(fingerprint: str, parent: Run) -> None:
+    """The re-created split must be the one the search ran on, or its test rows are not the held-out ones."""
+    recorded = parent.data.tags.get("hps.split_fingerprint")
+    if fingerprint != recorded:
         raise DataError(
-            f"the data or its split changed since the search (fingerprint {split.fingerprint} != recorded "
-            f"{tags.get('hps.split_fingerprint')}); refusing to evaluate on a different test set"
+            f"the data or its split changed since the search (fingerprint {fingerprint} != recorded "
+            f"{recorded}); refusing to evaluate on a different test set"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        refit_data = split.refit_data() if refit else None
-        model_dir, members = _evaluated_model(client, chosen, metric, Path(tmp), refit_data,
-                                                _retrainer(cfg) if refit_data is not None else None)
-        model, description = load_model(model_dir)
-        prep = Preprocessor.from_dict(description["preprocessor"])
-        rows, target = split.test_rows()
-        outputs = model_outputs(model, prep.transform_features(rows))
-        out_dir = Path(tmp) / "test"
-        out_dir.mkdir()
-        if prep.task == "regression":
-            values = regression_values(outputs, prep)
-            metrics = regression_report_metrics(target.to_numpy(dtype=float), values)
-            plots.regression_diagnostics(target.to_numpy(dtype=float), values, out_dir / "predicted_vs_actual.png")
-        else:
-            probs = probabilities(outputs, prep.task)
-            y_true = prep.transform_target(target)
-            metrics = classification_report_metrics(y_true, probs, prep.task)
-            plots.confusion_matrix(y_true, probs.argmax(axis=1), prep.classes, out_dir / "confusion_matrix.png")
-            plots.per_class_report(y_true, probs.argmax(axis=1), prep.classes).to_csv(out_dir / "per_class_report.csv")
 
-        best = members[0]
-        n_refit = 0 if refit_data is None else len(refit_data.x_train)
-        evaluation = Evaluation(
-            search=name, trial_id=",".join(m["trial"] for m in members), run_id=best["run_id"], epoch=best["epoch"],
-            selection=_describe_selection(members, metric, n_refit), n_test=len(rows), metrics=metrics,
-            metric=metric, members=members, n_refit=n_refit, top_k=top_k,
-        )
-        use = int(tags.get("hps.test_uses", "0")) + 1
-        _record_use(client, parent, evaluation, use, force, out_dir)
-        client.log_artifacts(parent.info.run_id, str(model_dir), artifact_path=EVALUATED_MODEL)
-        evaluation.artifacts = sorted(p.name for p in out_dir.iterdir())
-        evaluation.registered = register_champion(
-            client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name
-        )
-    return evaluation
+
+def _test(model, prep: Preprocessor, rows: pd.DataFrame, target: pd.Series, out_dir: Path) -> dict[str, float]:
+    """The test metrics of ``model`` on the test rows; its diagnostic plots (and per-class table) into ``out_dir``."""
+    outputs = model_outputs(model, prep.transform_features(rows))
+    if prep.task == "regression":
+        actual: np.ndarray = target.to_numpy(dtype=float)
+        values = regression_values(outputs, prep)
+        plots.regression_diagnostics(actual, values, out_dir / "predicted_vs_actual.png")
+        return regression_report_metrics(actual, values)
+    probs = probabilities(outputs, prep.task)
+    y_true = prep.transform_target(target)
+    plots.confusion_matrix(y_true, probs.argmax(axis=1), prep.classes, out_dir / "confusion_matrix.png")
+    plots.per_class_report(y_true, probs.argmax(axis=1), prep.classes).to_csv(out_dir / "per_class_report.csv")
+    return classification_report_metrics(y_true, probs, prep.task)
 
 
 def _evaluated_model(
@@ -248,8 +265,11 @@ def _describe_selection(members: list[dict], metric: str, n_refit: int = 0) -> s
     return f"mean of the top {len(members)} trials by {metric}: {listed}{refit}"
 
 
-def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, forced: bool, out_dir: Path) -> None:
-    """Log test metrics (step = use number), tags naming what was evaluated, plots, and a record of this use."""
+def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, forced: bool, out_dir: Path, model_dir: Path,
+                ) -> None:
+    """Log test metrics (step = use number), tags naming what was evaluated, plots, a record of this use, and a copy
+    of the tested model (what `hps predict NAME` uses)."""
+    use = int(parent.data.tags.get("hps.test_uses", "0")) + 1
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     main = next((k for k in ("test_accuracy", "test_mae") if k in ev.metrics), next(iter(ev.metrics)))
     summary = f"{main}={ev.metrics[main]:.4g}"
@@ -269,148 +289,4 @@ def _record_use(client: MlflowClient, parent: Run, ev: Evaluation, use: int, for
         }.items()],
     )
     client.log_artifacts(parent.info.run_id, str(out_dir), artifact_path="test")
-
-
-def register_champion(
-    client: MlflowClient, tracking_uri: str, parent: Run, model_dir: Path, prep: Preprocessor,
-    rows: pd.DataFrame, model, registered_name: str,
-) -> str:
-    """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
-    and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
-    example = rows.head(5).reset_index(drop=True)
-    signature = _output_signature(predict_frame(model, prep, example))
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    status = parent.info.status
-    try:
-        with mlflow.start_run(run_id=parent.info.run_id):
-            info = mlflow.pyfunc.log_model(
-                name="champion_model",
-                python_model=str(SERVING_CODE),
-                artifacts={"model": str(model_dir)},
-                code_paths=[str(TRAINABLES_DIR)],
-                signature=signature,
-                input_example=example,
-                # Listing requirements skips MLflow's slow environment inference.
-                pip_requirements=[f"torch=={_version('torch')}", f"pandas=={_version('pandas')}",
-                                  f"numpy=={_version('numpy')}", f"scikit-learn=={_version('sklearn')}"],
-            )
-    finally:
-        client.set_terminated(parent.info.run_id, status)  # resuming the parent must not change how it ended
-    version = mlflow.register_model(info.model_uri, registered_name)
-    client.set_registered_model_alias(registered_name, CHAMPION, version.version)
-    client.set_model_version_tag(registered_name, version.version, "hps.search", parent.data.tags.get("hps.search", ""))
-    return f"models:/{registered_name}@{CHAMPION}"
-
-
-def _output_signature(predictions: pd.DataFrame) -> ModelSignature:
-    """The signature the champion is logged with: its outputs only; the raw input columns are shown by the input
-    example and checked by the saved preprocessing (names, imputation, unseen categories).
-
-    Every input typing MLflow 3.17 offers refuses some raw rows a user sends: ``any`` makes the scoring server refuse
-    ``text/csv`` (it cannot give pandas a type for it); ``double`` makes ``PyFuncModel.predict`` refuse an int64 column
-    (``pd.read_csv`` of whole numbers); ``long`` refuses a column with a gap (float64). Without an input schema the
-    scoring server reads CSV and JSON with pandas' own types and the pyfunc takes any frame.
-    """
-    return ModelSignature(outputs=infer_signature(predictions).inputs)
-
-
-def _version(module: str) -> str:
-    import importlib
-
-    return importlib.import_module(module).__version__.split("+")[0]
-
-
-def resolve_model(client: MlflowClient, reference: str, directory: str) -> tuple:
-    """Download and rebuild a model from ``models:/NAME@alias``, ``runs:/ID/PATH`` or a search name (the model
-    `hps evaluate` tested, or before that the best trial's).
-
-    Only the JSON description and the weights are read (``weights_only=True``): nothing from the artifact store
-    is executed or unpickled.
-    """
-    if reference.startswith(("models:/", "runs:/")):
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=directory)
-        except MlflowException as exc:
-            raise ModelNotFound(f"{reference}: {exc.message.splitlines()[0]}") from None
-    else:
-        local = _search_model(client, reference, directory)
-    found = sorted(Path(local).rglob(DESCRIPTION_FILE))
-    if not found:
-        raise ModelNotFound(f"{reference} holds no hps model ({DESCRIPTION_FILE} not found)")
-    # The outermost description is the model; deeper ones are an ensemble's members.
-    model, description = load_model(min(found, key=lambda path: len(path.parts)).parent)
-    return model, Preprocessor.from_dict(description["preprocessor"])
-
-
-def _search_model(client: MlflowClient, name: str, directory: str) -> str:
-    """A search's model: the one `hps evaluate` tested (its copy on the parent run), or, for a search never
-    evaluated, its best trial's. Never a different model than the one tested: if that copy cannot be fetched,
-    this fails (one line) rather than predicting with, say, the best trial's raw model in place of a refit or an
-    ensemble."""
-    parent = find_search_run(client, name)
-    tags, parent_id = parent.data.tags, parent.info.run_id
-    if tags.get("hps.test_evaluated_at"):
-        try:
-            names = {Path(a.path).name for a in client.list_artifacts(parent_id)}
-            if EVALUATED_MODEL in names:
-                return client.download_artifacts(parent_id, EVALUATED_MODEL, directory)
-        except Exception as exc:  # noqa: BLE001 - any failure to fetch it means the same to the user
-            raise ModelNotFound(f"search {name!r}: could not fetch the model `hps evaluate` tested "
-                                f"({EVALUATED_MODEL} on run {parent_id}): {_first_line(exc)}") from None
-        # No copy on the parent (evaluated before it was kept, or the evaluation stopped before storing it): only a
-        # single trial evaluated as trained is exactly its trial's model; anything else cannot be rebuilt here.
-        if tags.get("hps.test_top_k", "1") != "1" or tags.get("hps.test_refit", "False") != "False" \
-                or not tags.get("hps.test_run_id"):
-            raise ModelNotFound(f"search {name!r}: the model `hps evaluate` tested ({tags.get('hps.test_selection')}) "
-                                f"is not on run {parent_id}; evaluate again with --force to store it")
-        run_id, what = tags["hps.test_run_id"], "the evaluated trial"
-    else:
-        run_id, what = tags.get("hps.best_run_id"), "its best trial"
-    if not run_id:
-        raise ModelNotFound(f"search {name!r} has no best trial with a model")
-    try:
-        return client.download_artifacts(run_id, "model", directory)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelNotFound(f"search {name!r}: {what} has no model artifact (was tracking.log_models none?) or "
-                            f"it cannot be fetched from run {run_id}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-
-
-def predict_file(tracking_uri: str, reference: str, input_csv: str, output_csv: str) -> int:
-    """Predict every row of ``input_csv`` with a model and write ``output_csv``; returns the row count."""
-    if not Path(input_csv).is_file():
-        raise DataError(f"input file {input_csv!r} does not exist")
-    if not Path(output_csv).resolve().parent.is_dir():
-        raise DataError(f"cannot write {output_csv!r}: folder {str(Path(output_csv).parent)!r} does not exist")
-    try:
-        rows = pd.read_csv(input_csv)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {input_csv!r} as CSV: {str(exc).splitlines()[0]}") from None
-    if rows.empty:
-        raise DataError(f"{input_csv!r} has a header but no rows to predict")
-    client = connect(tracking_uri, existing=True)
-    mlflow.set_tracking_uri(tracking_uri)  # models:/ and runs:/ URIs resolve against this server and its registry
-    mlflow.set_registry_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, prep = resolve_model(client, reference, tmp)
-    predictions = predict_frame(model, prep, rows)
-    _write_whole(predictions, Path(output_csv))
-    return len(predictions)
-
-
-def _write_whole(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV under a temporary name and rename it: an interrupted write never leaves a partial file at
-    ``path`` to be taken for results."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        frame.to_csv(partial, index=False)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
+    client.log_artifacts(parent.info.run_id, str(model_dir), artifact_path=EVALUATED_MODEL)

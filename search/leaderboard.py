@@ -1,16 +1,18 @@
-"""The leaderboard of a search, read back from MLflow: one row per trial, best first."""
+"""A search read back from MLflow: its parent run, its recorded config, its trials ranked best first."""
 
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 import pandas as pd
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from search.config import SEARCH_NAME_PATTERN
+from search.config import SEARCH_NAME_PATTERN, HpsConfig, parse_config
 from search.errors import SearchNotFound
-
 
 
 def find_search_run(client: MlflowClient, name: str) -> Run:
@@ -26,6 +28,13 @@ def find_search_run(client: MlflowClient, name: str) -> Run:
     if not runs:
         raise SearchNotFound(f"no search named {name!r} at this tracking URI")
     return runs[0]
+
+
+def recorded_config(client: MlflowClient, parent: Run) -> HpsConfig:
+    """The resolved config the search ran with (its `config.yaml` artifact)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent.info.run_id, "config.yaml", tmp)
+        return parse_config(yaml.safe_load(Path(path).read_text()))
 
 
 def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -13,7 +15,6 @@ from search import plots
 from search.config import HpsConfig
 from search.leaderboard import leaderboard, parse_number, trial_runs
 from search.space import distribution_for
-from search.tracking import log_table
 
 TOP_CURVES = 8
 # As in search/searcher.py (which `hps report` does not import): "A new study created in memory" says nothing here.
@@ -49,12 +50,7 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         written = plots.optuna_plots(review_study(cfg, runs), directory)
-        top = board[board["outcome"] != "failed"].head(TOP_CURVES)
-        histories = {
-            row["trial"]: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], metric)]
-            for _, row in top.iterrows()
-        }
-        stopped = set(top.loc[top["outcome"] == "stopped_early", "trial"])
+        histories, stopped = _top_curves(client, board, metric)
         if histories:
             written.append(plots.validation_curves(histories, stopped, metric, directory / "validation_curves.png"))
         if written:
@@ -62,3 +58,23 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
     if not board.empty:
         log_table(client, parent.info.run_id, board, "leaderboard.csv")
     return sorted(p.name for p in written)
+
+
+def _top_curves(client: MlflowClient, board: pd.DataFrame, metric: str) -> tuple[dict, set[str]]:
+    """The per-epoch ``metric`` of the best trials that did not fail, by trial; which of them ASHA stopped early."""
+    if board.empty:  # no trial was recorded: the board has no columns
+        return {}, set()
+    top = board[board["outcome"] != "failed"].head(TOP_CURVES)
+    histories = {
+        row["trial"]: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], metric)]
+        for _, row in top.iterrows()
+    }
+    return histories, set(top.loc[top["outcome"] == "stopped_early", "trial"])
+
+
+def log_table(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
+    """Attach a pandas DataFrame to a run as a CSV artifact."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, name)
+        frame.to_csv(path, index=False)
+        client.log_artifact(run_id, path)

@@ -23,18 +23,19 @@ from trainables.reporting import epoch_number, expand_epochs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per search says nothing
 
-SAMPLERS = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "gp": optuna.samplers.GPSampler,
-    "qmc": optuna.samplers.QMCSampler,
-}
+
+def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
+    """Optuna's sampler class for a name of ``search.config.SAMPLERS``: the class name lower-cased, without its
+    ``Sampler`` suffix (``cmaes``: ``CmaEsSampler``)."""
+    classes = {c.lower().removesuffix("sampler"): c for c in optuna.samplers.__all__ if c.endswith("Sampler")}
+    if name not in classes:
+        raise ValueError(f"Optuna has no sampler {name!r}")
+    return getattr(optuna.samplers, classes[name])
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """Optuna's sampler called ``name``, seeded for reproducible searches."""
-    return SAMPLERS[name](seed=seed)
+    return sampler_class(name)(seed=seed)
 
 
 def trial_outcome(result: dict | None, error: bool, metric: str) -> tuple[TrialState, float | None]:

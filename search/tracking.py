@@ -405,11 +405,3 @@ def finish_search_run(client: MlflowClient, run_id: str, status: str, tags: dict
     """Tag the parent run with the outcome (best trial, counts) and end it with ``status``."""
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.set_terminated(run_id, status)
-
-
-def log_table(client: MlflowClient, run_id: str, frame, name: str) -> None:
-    """Attach a pandas DataFrame to a run as a CSV artifact."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, name)
-        frame.to_csv(path, index=False)
-        client.log_artifact(run_id, path)

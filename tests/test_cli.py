@@ -90,9 +90,23 @@ def test_reading_commands_refuse_a_mistyped_database_and_odd_names(tmp_path):
     assert to_nowhere.returncode == 2 and "its folder does not exist" in to_nowhere.stderr
 
 
+COMMANDS = ("run", "resume", "trials", "evaluate", "predict", "report", "validate")
+
+
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "search.cli", "--help"], capture_output=True, text=True).stdout
-    for command in ("run", "trials", "validate"):
-        assert command in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.strip()]
+    assert tuple(listed) == COMMANDS, out
+    for command in COMMANDS:
         sub = subprocess.run([sys.executable, "-m", "search.cli", command, "--help"], capture_output=True, text=True)
-        assert sub.returncode == 0 and "usage: hps" in sub.stdout
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: hps {command} "), (command, sub.stdout)
+
+
+def test_reading_commands_import_no_ray():
+    """`hps trials/evaluate/predict/report` start without Ray (seconds saved on every call)."""
+    code = ("import sys; import search.cli, search.connection, search.leaderboard, search.evaluate, search.predict, "
+            "search.registry, search.report, search.plots; "
+            "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
+            "assert not loaded, loaded; import search.tuner; assert 'ray' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

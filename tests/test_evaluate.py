@@ -17,7 +17,9 @@ from search.cli import main
 from search.config import parse_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.dataset import split_from_config
-from search.evaluate import evaluate_search, predict_file, recorded_config, resolve_model
+from search.evaluate import evaluate_search
+from search.leaderboard import recorded_config
+from search.predict import predict_file, resolve_model
 from search.tuner import run_search
 from tests.conftest import load_yaml, shrink
 from trainables.data import DataError

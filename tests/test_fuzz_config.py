@@ -37,6 +37,8 @@ def get(node, path):
 
 
 MAPPING_PATHS = [()] + [p for p in ALL_PATHS if isinstance(get(BASE, p), dict)]
+# A new key directly under `space` is a new hyperparameter: tested on its own below.
+SECTION_PATHS = [p for p in MAPPING_PATHS if p != ("space",)]
 
 
 def run_validate(raw, tmp_path_factory) -> tuple[int, str]:
@@ -58,14 +60,12 @@ def assert_one_line_error(code: int, err: str) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(where=st.sampled_from(MAPPING_PATHS), key=st.text(min_size=1, max_size=10), value=JUNK)
+@given(where=st.sampled_from(SECTION_PATHS), key=st.text(min_size=1, max_size=10), value=JUNK)
 def test_an_unknown_key_anywhere_is_rejected(tmp_path_factory, where, key, value):
     raw = copy.deepcopy(BASE)
     node = get(raw, where)
-    if key in node:
+    while key in node:
         key = key + "_x"
-    if where and where[0] == "space" and len(where) == 1:
-        return  # a new key directly under space is a new hyperparameter: covered below
     node[key] = value
     assert_one_line_error(*run_validate(raw, tmp_path_factory))
 

@@ -17,31 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
+from tests.fabricate import predictions_of, save_regressor
 from tests.test_outage import Server
-from trainables.checkpoint import load_model, save_model
-from trainables.data import Preprocessor
-from trainables.model import Architecture, build_mlp
-from trainables.predict import predict_frame
 
 pytestmark = pytest.mark.slow
-
-
-def save_regressor(folder: Path, rows: pd.DataFrame, target: pd.Series, seed: int) -> Path:
-    prep = Preprocessor.fit(rows, target, "regression")
-    arch = Architecture(n_features=rows.shape[1], n_outputs=1, hidden=(4,))
-    torch.manual_seed(seed)
-    save_model(folder, build_mlp(arch).state_dict(),
-               {"architecture": arch.to_dict(), "preprocessor": prep.to_dict(), "params": {}, "epoch": 1})
-    return folder
-
-
-def predictions_of(folder: Path, rows: pd.DataFrame) -> np.ndarray:
-    model, description = load_model(folder)
-    return predict_frame(model, Preprocessor.from_dict(description["preprocessor"]), rows)["prediction"].to_numpy()
 
 
 @pytest.fixture(scope="module")

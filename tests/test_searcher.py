@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from search.config import parse_config
-from search.searcher import PruningAwareOptunaSearch, make_sampler
+from search.config import SAMPLERS, ConfigError, parse_config
+from search.searcher import PruningAwareOptunaSearch, make_sampler, sampler_class
 from search.space import define_by_run
 from tests.conftest import load_yaml
 
@@ -67,7 +68,21 @@ def test_stock_behaviour_would_have_been_complete():
 
 def test_all_samplers_construct_and_suggest():
     cfg = parse_config(load_yaml("digits.yaml"))
-    for name in ("tpe", "random", "cmaes", "gp", "qmc"):
+    assert set(SAMPLERS) == {"tpe", "random", "cmaes", "gp", "qmc"}
+    for name in SAMPLERS:
         s = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
                                      sampler=make_sampler(name, 0))
         assert "lr" in s.suggest("a")
+
+
+def test_a_config_names_exactly_the_samplers_the_searcher_builds():
+    raw = load_yaml("digits.yaml")
+    for name in SAMPLERS:
+        raw["search"]["sampler"] = name
+        assert parse_config(raw).search.sampler == name
+        assert sampler_class(name).__name__.lower() == f"{name}sampler"
+    raw["search"]["sampler"] = "nsgaii"  # an Optuna sampler, but not one a config may name
+    with pytest.raises(ConfigError, match="sampler"):
+        parse_config(raw)
+    with pytest.raises(ValueError, match="no sampler 'annealing'"):
+        sampler_class("annealing")

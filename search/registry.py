@@ -1,0 +1,68 @@
+"""The champion in MLflow's Model Registry: the evaluated model logged as a pyfunc on the search's parent run,
+registered as a new version that the ``champion`` alias points at."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.tracking import MlflowClient
+
+from search.connection import fluent_uris
+from trainables.data import Preprocessor
+from trainables.predict import predict_frame
+
+CHAMPION = "champion"
+SERVING_CODE = Path(__file__).with_name("serving.py")
+TRAINABLES_DIR = Path(__file__).resolve().parent.parent / "trainables"
+
+
+def register_champion(
+    client: MlflowClient, tracking_uri: str, parent: Run, model_dir: Path, prep: Preprocessor,
+    rows: pd.DataFrame, model, registered_name: str,
+) -> str:
+    """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
+    and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
+    example = rows.head(5).reset_index(drop=True)
+    signature = _output_signature(predict_frame(model, prep, example))
+    status = parent.info.status
+    with fluent_uris(tracking_uri):
+        try:
+            with mlflow.start_run(run_id=parent.info.run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="champion_model",
+                    python_model=str(SERVING_CODE),
+                    artifacts={"model": str(model_dir)},
+                    code_paths=[str(TRAINABLES_DIR)],
+                    signature=signature,
+                    input_example=example,
+                    # Listing requirements skips MLflow's slow environment inference.
+                    pip_requirements=[f"torch=={_version('torch')}", f"pandas=={_version('pandas')}",
+                                      f"numpy=={_version('numpy')}", f"scikit-learn=={_version('sklearn')}"],
+                )
+        finally:
+            client.set_terminated(parent.info.run_id, status)  # resuming the parent must not change how it ended
+        version = mlflow.register_model(info.model_uri, registered_name)
+    client.set_registered_model_alias(registered_name, CHAMPION, version.version)
+    client.set_model_version_tag(registered_name, version.version, "hps.search", parent.data.tags.get("hps.search", ""))
+    return f"models:/{registered_name}@{CHAMPION}"
+
+
+def _output_signature(predictions: pd.DataFrame) -> ModelSignature:
+    """The signature the champion is logged with: its outputs only; the raw input columns are shown by the input
+    example and checked by the saved preprocessing (names, imputation, unseen categories).
+
+    Every input typing MLflow 3.17 offers refuses some raw rows a user sends: ``any`` makes the scoring server refuse
+    ``text/csv`` (it cannot give pandas a type for it); ``double`` makes ``PyFuncModel.predict`` refuse an int64 column
+    (``pd.read_csv`` of whole numbers); ``long`` refuses a column with a gap (float64). Without an input schema the
+    scoring server reads CSV and JSON with pandas' own types and the pyfunc takes any frame.
+    """
+    return ModelSignature(outputs=infer_signature(predictions).inputs)
+
+
+def _version(module: str) -> str:
+    return importlib.import_module(module).__version__.split("+")[0]
