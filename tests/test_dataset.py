@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from search.config import ConfigError, apply_overrides, load_config, load_raw, parse_config
-from search.dataset import split_from_config
+from search.dataset import split_from_config, split_settings, with_absolute_source
 from tests.conftest import CONFIGS, ROOT
 from tests.tables import write_idx
 from trainables.names import DataError
@@ -57,3 +57,22 @@ def test_the_default_column_limit_comes_from_the_config(tmp_path):
     raw["limits"] = {"max_columns": 5}
     with pytest.raises(DataError, match=f"^{n} feature columns is above the limit of 5"):
         split_from_config(parse_config(raw))
+
+
+def test_a_config_becomes_split_settings():
+    cfg = load_config(CONFIGS / "auto_mpg.yaml", ["data.split.folds=3", "limits.max_categories=77"])
+    settings = split_settings(cfg)
+    assert (settings.source, settings.task, settings.target) == (cfg.data.source, cfg.data.task, cfg.data.target)
+    assert (settings.val, settings.test, settings.seed, settings.folds) == (cfg.data.split.val, cfg.data.split.test,
+                                                                             cfg.data.split.seed, 3)
+    assert settings.drop == cfg.data.drop and settings.impute == cfg.data.impute.model_dump()
+    assert (settings.max_columns, settings.max_categories) == (cfg.limits.max_columns, 77)
+
+
+def test_file_sources_are_recorded_with_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for source, expected in (("csv:data/a.csv", f"csv:{tmp_path}/data/a.csv"), ("idx:mnist", f"idx:{tmp_path}/mnist"),
+                             ("sklearn:wine", "sklearn:wine")):
+        cfg = parse_config({"name": "x", "data": {"source": source, **({"target": "y"} if "csv" in source else {})},
+                            "space": {"lr": 0.01}})
+        assert with_absolute_source(cfg).data.source == expected

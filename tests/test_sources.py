@@ -8,6 +8,7 @@ import pytest
 
 from tests.tables import car_csv, car_table, split_csv, write_idx, write_idx_file  # noqa: F401 - car_csv: a fixture
 from trainables.names import DataError
+from trainables.sources import load_table
 from trainables.splitting import split_dataset
 
 
@@ -150,3 +151,15 @@ def test_too_many_columns_is_refused_from_the_header(tmp_path):
     np.savez(wide, X=np.zeros((40, 31)), y=np.arange(40) % 2)
     with pytest.raises(DataError, match="^31 feature columns is above the limit of 30"):
         split_dataset(f"npz:{wide}", "auto", 0.2, 0.2, 0, max_columns=30)
+
+
+def test_the_target_rule_is_the_configs(car_csv):
+    # The same rule `hps validate` applies (trainables.names), for code that reads data without a config.
+    with pytest.raises(DataError, match="^data.target: required for csv: sources"):
+        load_table(f"csv:{car_csv}")
+    with pytest.raises(DataError, match="^data.target: only csv: and parquet: sources have named target columns"):
+        load_table("sklearn:wine", target="target")
+    with pytest.raises(DataError, match="^unknown sklearn dataset 'mnist'; choose from breast_cancer, diabetes"):
+        load_table("sklearn:mnist")
+    table = load_table(f"csv:{car_csv}", target="price", drop=["id"])
+    assert list(table.features.columns) == ["weight", "cylinders", "color", "kind"] and table.target.name == "price"

@@ -8,7 +8,7 @@ import pytest
 
 from tests.tables import car_csv, split_csv  # noqa: F401 - car_csv: a fixture
 from trainables.names import DataError
-from trainables.splitting import split_dataset
+from trainables.splitting import SplitSettings, split_dataset, split_from_settings
 
 
 def test_refit_data_pools_train_and_validation_and_refits_preprocessing(car_csv):
@@ -99,3 +99,22 @@ def test_target_without_any_value(tmp_path):
     pd.DataFrame({"x": range(20), "y": [np.nan] * 20}).to_csv(path, index=False)
     with pytest.raises(DataError, match="target 'y' has no values \(all 20 rows are missing it\)"):
         split_dataset(f"csv:{path}", "auto", 0.2, 0.2, 0, target="y")
+
+
+def test_settings_object_and_arguments_make_the_same_split(car_csv):
+    settings = SplitSettings(f"csv:{car_csv}", "auto", 0.2, 0.2, 0, target="price", drop=["id"], folds=3)
+    split = split_from_settings(settings)
+    assert split.fingerprint == split_csv(car_csv, folds=3).fingerprint and len(split.folds) == 3
+    with pytest.raises(TypeError):
+        SplitSettings(f"csv:{car_csv}", "auto", 0.2, 0.2, 0, "price")  # everything after the seed by name only
+    with pytest.raises(TypeError):
+        split_dataset(f"csv:{car_csv}", "auto", 0.2, 0.2, 0, traget="price")
+    with pytest.raises(DataError, match="^impute.categorical: 'median' is not a strategy"):
+        SplitSettings(f"csv:{car_csv}", "auto", 0.2, 0.2, 0, target="price", impute={"categorical": "median"})
+
+
+def test_only_the_settings_that_change_the_rows_change_the_fingerprint(car_csv):
+    base = split_csv(car_csv)
+    assert split_csv(car_csv, max_columns=100, max_categories=500).fingerprint == base.fingerprint
+    assert split_dataset(f"csv:{car_csv}", "auto", 0.2, 0.2, 1, target="price", drop=["id"]).fingerprint \
+        != base.fingerprint
