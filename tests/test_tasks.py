@@ -57,4 +57,5 @@ def test_each_bundled_dataset_poses_the_task_the_config_assumes(name, task):
 
 def test_label_names_read_as_written():
     assert [label_name(v) for v in (3.0, 2.5, "a", 7)] == ["3", "2.5", "a", "7"]
-    assert [type(plain_value(v)) for v in (np.int64(1), np.float32(0.5), np.bool_(True), "x")] == [int, float, bool, str]
+    values = (np.int64(1), np.float32(0.5), np.bool_(True), "x")
+    assert [type(plain_value(v)) for v in values] == [int, float, bool, str]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint, save_ensemble
-from trainables.data import split_dataset
+from trainables.splitting import split_dataset
 from trainables.model import build_mlp
 from trainables.train import TrainSettings, train_epochs, train_trial
 

@@ -7,7 +7,8 @@ import importlib
 # take seconds that `hps validate` does not need.
 _EXPORTS = {
     "DataError": "trainables.names", "SplitDataset": "trainables.splitting", "TrialData": "trainables.splitting",
-    "split_dataset": "trainables.splitting", "Architecture": "trainables.model", "build_mlp": "trainables.model",
+    "split_dataset": "trainables.splitting", "SplitSettings": "trainables.splitting",
+    "Architecture": "trainables.model", "build_mlp": "trainables.model",
     "Snapshot": "trainables.train", "TrainSettings": "trainables.train", "train_trial": "trainables.train",
 }
 
@@ -22,6 +23,7 @@ __all__ = [
     "DataError",
     "Snapshot",
     "SplitDataset",
+    "SplitSettings",
     "TrainSettings",
     "TrialData",
     "build_mlp",

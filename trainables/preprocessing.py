@@ -237,7 +237,6 @@ class Preprocessor:
         )
 
 
-
 def check_categories(features: pd.DataFrame, max_categories: int) -> None:
     """Every text column is one-hot encoded, one network input per distinct value: an id or free-text column would
     silently make the table enormous."""
@@ -248,7 +247,6 @@ def check_categories(features: pd.DataFrame, max_categories: int) -> None:
                 raise DataError(f"feature column {str(name)!r} has {count} distinct text values, above the limit of "
                                 f"{max_categories} categories (each would be one input): drop it (data.drop) if it is "
                                 f"an id or free text, or raise limits.max_categories")
-
 
 
 def refuse_empty_columns(features: pd.DataFrame, where: str) -> None:

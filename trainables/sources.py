@@ -236,4 +236,3 @@ def _select_features(table: Table, features: Sequence[str] | None, drop: Sequenc
         raise DataError("no feature columns left (data.features / data.drop remove them all)")
     table.features = table.features[keep]
     return table
-

@@ -39,7 +39,8 @@ def check_target(target: pd.Series, task: str) -> None:
         if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
             raise DataError(f"task is regression but target {name!r} is not numeric (e.g. {target.iloc[0]!r})")
         if target.nunique() < 2:
-            raise DataError(f"target {name!r} has a single value ({plain_value(target.iloc[0])!r}); there is nothing to learn")
+            raise DataError(f"target {name!r} has a single value ({plain_value(target.iloc[0])!r}); "
+                            "there is nothing to learn")
         return
     n_classes = target.nunique()
     if n_classes < 2:
@@ -60,4 +61,3 @@ def label_name(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
