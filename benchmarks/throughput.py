@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainables.data import TrialData
+from trainables.splitting import TrialData
 from trainables.model import architecture_from_params, build_mlp
 from trainables.train import TrainSettings, make_optimizer, train_trial
 

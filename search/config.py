@@ -6,7 +6,6 @@ problem, before anything (Ray, MLflow, data loading) starts.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -30,22 +29,29 @@ from pydantic import (
     model_validator,
 )
 
-# Names only (no torch, pandas or scikit-learn): `hps validate` answers in a fraction of a second.
+# Names and rules only (no torch, pandas or scikit-learn): `hps validate` answers in a fraction of a second.
 from trainables.names import (
-    ACTIVATIONS,
+    CATEGORICAL_IMPUTE,
+    DEFAULT_IMPUTE,
     LOSSES,
     MAX_CATEGORIES,
     MAX_COLUMNS,
-    MAXIMIZED,
-    NORMS,
-    OPTIMIZERS,
-    REGRESSION_LOSSES,
-    SKLEARN_DATASETS,
-    SOURCE_KINDS,
-    TABLE_KINDS,
+    NUMERIC_IMPUTE,
     TASK_METRICS,
     TASKS,
     gpu_request_error,
+    known_task,
+    metric_mode,
+    source_error,
+    target_error,
+)
+from trainables.params import (  # noqa: F401 - the DEFAULT_* are re-exported for search.capacity
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_N_LAYERS,
+    DEFAULT_UNITS,
+    HYPERPARAMETERS,
+    PER_LAYER,
+    value_error,
 )
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -56,10 +62,6 @@ REGISTERED_NAME_PATTERN = r"^[^/:@\s](?:[^/:@]*[^/:@\s])?$"
 Sampler = Literal["tpe", "random", "cmaes", "gp", "qmc"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() for m in ms}))
-# Defaults of the trainable for hyperparameters a space leaves out (see trainables.model / trainables.train).
-DEFAULT_N_LAYERS = 2
-DEFAULT_UNITS = 128
-DEFAULT_BATCH_SIZE = 64
 MAX_SEED = 2**32 - 1
 # The smallest ASHA reduction factor: keeps the rung count finite and small (see SchedulerConfig).
 MIN_REDUCTION_FACTOR = 1.1
@@ -181,8 +183,8 @@ class SplitConfig(_Strict):
 class ImputeConfig(_Strict):
     """How missing feature values are filled (statistics of the training split only)."""
 
-    numeric: Literal["median", "mean"] = "median"
-    categorical: Literal["most_frequent", "missing"] = "most_frequent"  # missing: a category of its own
+    numeric: Literal[NUMERIC_IMPUTE] = DEFAULT_IMPUTE["numeric"]
+    categorical: Literal[CATEGORICAL_IMPUTE] = DEFAULT_IMPUTE["categorical"]  # missing: a category of its own
 
 
 class DataConfig(_Strict):
@@ -194,7 +196,7 @@ class DataConfig(_Strict):
     """
 
     source: str
-    task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    task: Literal[("auto", *TASKS)] = "auto"
     target: str | None = Field(default=None, validate_default=True)  # the column to predict (csv, parquet)
     features: list[str] | None = Field(default=None, min_length=1)  # default: every column but target and drop
     drop: list[str] | None = None  # columns that are not features (ids, names, leaks)
@@ -204,23 +206,17 @@ class DataConfig(_Strict):
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
-        kind, sep, name = source.partition(":")
-        if not sep or kind not in SOURCE_KINDS:
-            raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(k + ':' for k in SOURCE_KINDS)}")
-        if kind == "sklearn" and name not in SKLEARN_DATASETS:
-            raise ValueError(f"unknown sklearn dataset {name!r}; choose from {', '.join(sorted(SKLEARN_DATASETS))}")
-        if not name.strip():
-            raise ValueError(f"{kind}: needs a path, e.g. {kind}:{'DIR' if kind == 'idx' else 'data/file.' + kind}")
+        error = source_error(source)
+        if error:
+            raise ValueError(error)
         return source
 
     @field_validator("target")
     @classmethod
     def _target_for_tables(cls, target: str | None, info: ValidationInfo) -> str | None:
-        kind = str(info.data.get("source", "")).partition(":")[0]
-        if kind in TABLE_KINDS and not target:
-            raise ValueError(f"required for {kind}: sources (the column to predict)")
-        if kind and kind not in TABLE_KINDS and target is not None:
-            raise ValueError(f"only csv: and parquet: sources have named target columns, not {kind}:")
+        error = target_error(str(info.data.get("source", "")), target)
+        if error:
+            raise ValueError(error)
         return target
 
 
@@ -248,7 +244,7 @@ class SearchConfig(_Strict):
     @classmethod
     def _mode_matches_metric(cls, mode: str | None, info: ValidationInfo) -> str | None:
         metric = info.data.get("metric")
-        natural = "max" if metric in MAXIMIZED else "min"
+        natural = metric_mode(metric) if metric is not None else None
         if mode is not None and metric is not None and mode != natural:
             raise ValueError(f"{metric} is {'maximized' if natural == 'max' else 'minimized'}; mode must be {natural}")
         return mode
@@ -256,7 +252,7 @@ class SearchConfig(_Strict):
     @model_validator(mode="after")
     def _infer_mode(self) -> SearchConfig:
         if self.mode is None:
-            self.mode = "max" if self.metric in MAXIMIZED else "min"
+            self.mode = metric_mode(self.metric)
         return self
 
 
@@ -412,32 +408,6 @@ class HpsConfig(_Strict):
         return self.search.seed or 0
 
 
-# What each hyperparameter of the trainable accepts: a check on every value a space can produce.
-_VALUE_RULES: dict[str, tuple[str, Any]] = {
-    "n_layers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "units": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "lr": ("a number > 0", lambda v: _is_num(v) and v > 0),
-    "weight_decay": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
-    "dropout": ("in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
-    "momentum": ("in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
-    "activation": (f"one of {', '.join(ACTIVATIONS)}", lambda v: v in ACTIVATIONS),
-    "norm": (f"one of {', '.join(NORMS)}", lambda v: v in NORMS),
-    "optimizer": (f"one of {', '.join(OPTIMIZERS)}", lambda v: v in OPTIMIZERS),
-    "loss": (f"one of {', '.join(REGRESSION_LOSSES)} (regression only)", lambda v: v in REGRESSION_LOSSES),
-}
-HYPERPARAMETERS = tuple(_VALUE_RULES)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: Any) -> bool:
-    # Finite only: an infinite lr or weight decay makes every trial diverge.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_space(space: dict, limits: LimitsConfig | None = None) -> None:
     """Checks that need the whole space: known names, legal values, ``if:`` and ``per_layer`` references, and the
     ``limits`` on sizes."""
@@ -446,19 +416,19 @@ def _check_space(space: dict, limits: LimitsConfig | None = None) -> None:
             "batch_size": ("max_batch_size", limits.max_batch_size)}
     for name, spec in space.items():
         key = f"space.{name}"
-        if name not in _VALUE_RULES:
+        if name not in HYPERPARAMETERS:
             raise ConfigError(key, f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
-        wanted, ok = _VALUE_RULES[name]
         for field, value in _space_values(spec):
-            if not ok(value):
-                raise ConfigError(f"{key}{field}", f"{value!r} is not allowed; {name} must be {wanted}")
+            error = value_error(name, value)
+            if error:
+                raise ConfigError(f"{key}{field}", error)
             if name in caps and value > caps[name][1]:
                 raise ConfigError(f"{key}{field}", f"{value} is above the limit of {caps[name][1]} "
                                   f"(raise limits.{caps[name][0]} if you mean it)")
         if not isinstance(spec, Distribution):
             continue
-        if spec.per_layer and name != "units":
-            raise ConfigError(f"{key}.per_layer", "only units can be set per layer")
+        if spec.per_layer and name not in PER_LAYER:
+            raise ConfigError(f"{key}.per_layer", f"only {', '.join(PER_LAYER)} can be set per layer")
         for other in spec.if_ or {}:
             if other not in space:
                 raise ConfigError(f"{key}.if", f"refers to {other!r}, which is not in the space")
@@ -496,20 +466,8 @@ def _space_values(spec: Any) -> list[tuple[str, Any]]:
     return [("", spec)]
 
 
-# Tasks of the bundled datasets, so `task: auto` configs are checked without loading data.
-# IDX files are MNIST-style digit/article images: always 10 classes.
-_BUNDLED_TASKS = {"digits": "multiclass", "wine": "multiclass", "iris": "multiclass",
-                  "breast_cancer": "binary", "diabetes": "regression", "idx": "multiclass"}
-
-
-def _known_task(cfg: HpsConfig) -> str:
-    kind, _, name = cfg.data.source.partition(":")
-    known = _BUNDLED_TASKS.get(name if kind == "sklearn" else kind, "auto")
-    return known if cfg.data.task == "auto" and kind in ("sklearn", "idx") else cfg.data.task
-
-
 def _check_task_metric(cfg: HpsConfig) -> None:
-    task = _known_task(cfg)
+    task = known_task(cfg.data.source, cfg.data.task)
     if task in TASKS and cfg.search.metric not in LOSSES + TASK_METRICS[task]:
         allowed = ", ".join(LOSSES + TASK_METRICS[task])
         raise ConfigError("search.metric", f"{cfg.search.metric} is not reported for {task}; use one of {allowed}")

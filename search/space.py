@@ -12,7 +12,8 @@ from typing import Any
 
 import optuna
 
-from search.config import DEFAULT_N_LAYERS, CategoricalParam, Distribution, FloatParam, IntParam, sample_order
+from search.config import CategoricalParam, Distribution, FloatParam, IntParam, sample_order
+from trainables.params import DEFAULT_N_LAYERS
 
 
 class SpaceSampler:

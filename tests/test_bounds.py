@@ -129,19 +129,6 @@ def test_hps_run_refuses_a_network_that_cannot_fit_before_ray_starts(tmp_path):
     assert not (tmp_path / "never.db").exists() and not (tmp_path / "s").exists()
 
 
-def test_the_light_name_tables_match_what_the_trainables_implement():
-    """config.py checks names from trainables.names (no torch import, so `hps validate` is fast); they must be the
-    names the modules behind them define."""
-    from trainables import data, metrics, model, names, train
-
-    assert set(names.SKLEARN_DATASETS) == set(data.SKLEARN_DATASETS)
-    assert names.ACTIVATIONS == tuple(model.ACTIVATIONS) and names.NORMS == tuple(model.NORMS)
-    assert names.OPTIMIZERS == tuple(train.OPTIMIZERS)
-    assert names.REGRESSION_LOSSES == tuple(metrics.REGRESSION_LOSSES)
-    assert names.TASK_METRICS == metrics.TASK_METRICS and set(names.MAXIMIZED) == set(metrics.MAXIMIZED)
-    assert names.LOSSES == metrics.LOSSES and data.DataError is names.DataError
-
-
 def test_hps_validate_as_a_process_does_not_load_torch(tmp_path):
     # The whole command, interpreter start included, answers in about a second: no torch, pandas or sklearn.
     code = ("import sys; from search.cli import main; rc = main(['validate', sys.argv[1], '--set', "

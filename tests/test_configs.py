@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from search.config import parse_config
 from search.tuner import run_search
 from tests.conftest import CONFIGS, shrink
-from tests.test_data import write_idx
+from tests.tables import write_idx
 
 pytestmark = pytest.mark.slow
 

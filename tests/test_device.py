@@ -16,7 +16,7 @@ import torch
 from trainables import device as D
 from trainables import train
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.data import split_dataset
+from trainables.splitting import split_dataset
 from trainables.train import TrainSettings, train_trial
 
 PARAMS = {"n_layers": 2, "units": 16, "lr": 3e-3, "optimizer": "adam", "batch_size": 32, "norm": "batch", "dropout": 0.3}

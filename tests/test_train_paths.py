@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainables import train
-from trainables.data import split_dataset
+from trainables.splitting import split_dataset
 from trainables.train import TrainSettings, train_trial
 
 PARAMS = {"n_layers": 2, "units": 32, "lr": 3e-3, "optimizer": "adam", "batch_size": 32, "norm": "batch", "dropout": 0.1}

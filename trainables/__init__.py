@@ -6,8 +6,9 @@ import importlib
 # Imported on first use (PEP 562): `trainables.names` alone must not pull in torch, pandas and scikit-learn, which
 # take seconds that `hps validate` does not need.
 _EXPORTS = {
-    "DataError": "trainables.names", "SplitDataset": "trainables.data", "TrialData": "trainables.data",
-    "split_dataset": "trainables.data", "Architecture": "trainables.model", "build_mlp": "trainables.model",
+    "DataError": "trainables.names", "SplitDataset": "trainables.splitting", "TrialData": "trainables.splitting",
+    "split_dataset": "trainables.splitting", "SplitSettings": "trainables.splitting",
+    "Architecture": "trainables.model", "build_mlp": "trainables.model",
     "Snapshot": "trainables.train", "TrainSettings": "trainables.train", "train_trial": "trainables.train",
 }
 
@@ -22,6 +23,7 @@ __all__ = [
     "DataError",
     "Snapshot",
     "SplitDataset",
+    "SplitSettings",
     "TrainSettings",
     "TrialData",
     "build_mlp",

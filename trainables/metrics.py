@@ -9,23 +9,8 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-# Which metrics each task reports every epoch, and whether larger is better.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("val_accuracy", "val_f1"),
-    "multiclass": ("val_accuracy", "val_f1"),
-    "regression": ("val_mae", "val_rmse", "val_r2"),
-}
-MAXIMIZED = {"val_accuracy", "val_f1", "val_r2"}
-LOSSES = ("train_loss", "val_loss")
-# Training losses a regression can use (the ``loss`` hyperparameter). MAE/Huber suit targets judged by MAE or with
-# outliers; losses of different kinds are not comparable, so a search over them must select on val_mae/rmse/r2.
-REGRESSION_LOSSES: dict[str, type[nn.Module]] = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
-
-
-def metric_mode(metric: str) -> str:
-    """``max`` for accuracy-like metrics, ``min`` for losses and errors."""
-    base = metric.removeprefix("best_")
-    return "max" if base in MAXIMIZED else "min"
+# The metric names (what each task reports, which are maximized) and their mode live with the config's names.
+from trainables.names import REGRESSION_LOSSES, metric_mode  # noqa: F401 - metric_mode is re-exported here
 
 
 def loss_function(task: str, name: str | None = None) -> nn.Module:
@@ -39,7 +24,7 @@ def loss_function(task: str, name: str | None = None) -> nn.Module:
     name = name or "mse"
     if name not in REGRESSION_LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(REGRESSION_LOSSES)}")
-    return REGRESSION_LOSSES[name]()
+    return getattr(nn, REGRESSION_LOSSES[name])()
 
 
 def loss_target(task: str, y: torch.Tensor) -> torch.Tensor:

@@ -14,16 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "selu": nn.SELU,
-    "silu": nn.SiLU,
-}
-NORMS = ("none", "batch", "layer")
+from trainables.names import ACTIVATIONS, NORMS
+from trainables.params import default
 
 
 @dataclass(frozen=True)
@@ -49,8 +41,8 @@ class Architecture:
 
 def hidden_sizes(params: dict) -> tuple[int, ...]:
     """Hidden layer widths from trial params: ``units_0..units_{n-1}`` if present, else ``units`` repeated."""
-    n_layers = int(params.get("n_layers", 2))
-    return tuple(int(params.get(f"units_{i}", params.get("units", 128))) for i in range(n_layers))
+    n_layers = int(params.get("n_layers", default("n_layers")))
+    return tuple(int(params.get(f"units_{i}", params.get("units", default("units")))) for i in range(n_layers))
 
 
 def architecture_from_params(params: dict, n_features: int, n_outputs: int) -> Architecture:
@@ -59,9 +51,9 @@ def architecture_from_params(params: dict, n_features: int, n_outputs: int) -> A
         n_features=n_features,
         n_outputs=n_outputs,
         hidden=hidden_sizes(params),
-        activation=str(params.get("activation", "relu")),
-        norm=str(params.get("norm", "none")),
-        dropout=float(params.get("dropout", 0.0)),
+        activation=str(params.get("activation", default("activation"))),
+        norm=str(params.get("norm", default("norm"))),
+        dropout=float(params.get("dropout", default("dropout"))),
     )
 
 
@@ -79,7 +71,7 @@ def build_mlp(arch: Architecture) -> nn.Sequential:
             layers.append(nn.BatchNorm1d(units))
         elif arch.norm == "layer":
             layers.append(nn.LayerNorm(units))
-        layers.append(ACTIVATIONS[arch.activation]())
+        layers.append(getattr(nn, ACTIVATIONS[arch.activation])())
         if arch.dropout > 0:
             layers.append(nn.Dropout(arch.dropout))
         width = units

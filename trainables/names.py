@@ -1,17 +1,27 @@
-"""The names a config is checked against, and the data error, importable without torch, pandas or scikit-learn.
+"""What a config may name, and the rules on those names, importable without torch, pandas or scikit-learn.
 
-`hps validate` (and every CLI command's error handling) needs only these; importing the modules that define the
-behind-the-names (``trainables.model``, ``trainables.metrics``, ``trainables.train``, ``trainables.data``) takes
-seconds. Those modules' own tables must list exactly these names: tests/test_bounds.py checks that they do.
+`hps validate` (and every CLI command's error handling) needs only these; importing the modules behind the names
+(``trainables.model``, ``trainables.metrics``, ``trainables.train``, ``trainables.sources``) takes seconds. Those
+modules take their tables from here, so each table exists once: a torch class is named by its attribute name in
+``torch.nn`` and looked up where it is used.
 """
 
 from __future__ import annotations
 
 TASKS = ("binary", "multiclass", "regression")
-SOURCE_KINDS = ("sklearn", "csv", "parquet", "idx", "npz")
+FILE_KINDS = ("csv", "parquet", "idx", "npz")  # sources read from a path (a file, or a directory for idx)
+SOURCE_KINDS = ("sklearn", *FILE_KINDS)
 TABLE_KINDS = ("csv", "parquet")  # sources with named columns: they need a target column
-SKLEARN_DATASETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")  # trainables.data.SKLEARN_DATASETS
-# trainables.metrics: what each task reports every epoch, which are maximized, the losses, the regression losses
+# The datasets bundled with scikit-learn (loaded by sklearn.datasets.load_<name>) and the task each one poses, so a
+# `task: auto` config is checked without loading data.
+SKLEARN_DATASETS = {"digits": "multiclass", "wine": "multiclass", "breast_cancer": "binary", "iris": "multiclass",
+                    "diabetes": "regression"}
+IDX_TASK = "multiclass"  # IDX sources are MNIST-style images of digits or articles: always 10 classes
+# How missing feature values may be filled (statistics of the training rows only); "missing": a category of its own.
+NUMERIC_IMPUTE = ("median", "mean")
+CATEGORICAL_IMPUTE = ("most_frequent", "missing")
+DEFAULT_IMPUTE = {"numeric": "median", "categorical": "most_frequent"}
+# What each task reports every epoch, which metrics are maximized, the losses every trial reports.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("val_accuracy", "val_f1"),
     "multiclass": ("val_accuracy", "val_f1"),
@@ -19,14 +29,69 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 }
 MAXIMIZED = frozenset({"val_accuracy", "val_f1", "val_r2"})
 LOSSES = ("train_loss", "val_loss")
-REGRESSION_LOSSES = ("mse", "mae", "huber")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "selu", "silu")  # trainables.model.ACTIVATIONS
-NORMS = ("none", "batch", "layer")  # trainables.model.NORMS
-OPTIMIZERS = ("adam", "adamw", "sgd")  # trainables.train.OPTIMIZERS
+# Training losses a regression can use (the ``loss`` hyperparameter) → torch.nn class. MAE/Huber suit targets judged
+# by MAE or with outliers; losses of different kinds are not comparable, so a search over them must select on
+# val_mae/rmse/r2.
+REGRESSION_LOSSES = {"mse": "MSELoss", "mae": "L1Loss", "huber": "HuberLoss"}
+ACTIVATIONS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "elu": "ELU", "gelu": "GELU", "tanh": "Tanh",
+               "selu": "SELU", "silu": "SiLU"}  # → torch.nn class
+NORMS = ("none", "batch", "layer")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 # Defaults of the config's limits.max_columns / limits.max_categories: every feature column is one network input,
 # every category of a text column one more (one-hot, dense).
 MAX_COLUMNS = 20_000
 MAX_CATEGORIES = 1_000
+
+
+class DataError(ValueError):
+    """The data cannot be used as configured (missing file, bad target, ...)."""
+
+
+def metric_mode(metric: str) -> str:
+    """``max`` for accuracy-like metrics, ``min`` for losses and errors (``best_<metric>`` as ``<metric>``)."""
+    return "max" if metric.removeprefix("best_") in MAXIMIZED else "min"
+
+
+def source_error(source: str) -> str | None:
+    """Why ``source`` names no data this project can read (unknown kind or bundled dataset, no path), or None."""
+    kind, sep, name = source.partition(":")
+    if not sep or kind not in SOURCE_KINDS:
+        return f"unknown data source {source!r}; expected one of {', '.join(k + ':' for k in SOURCE_KINDS)}"
+    if kind == "sklearn" and name not in SKLEARN_DATASETS:
+        return f"unknown sklearn dataset {name!r}; choose from {', '.join(sorted(SKLEARN_DATASETS))}"
+    if not name.strip():
+        return f"{kind}: needs a path, e.g. {kind}:{'DIR' if kind == 'idx' else 'data/file.' + kind}"
+    return None
+
+
+def target_error(source: str, target: str | None) -> str | None:
+    """Why ``target`` (the column to predict) does not go with ``source``, or None: tables need one, others have
+    their target built in."""
+    kind = source.partition(":")[0]
+    if kind in TABLE_KINDS and not target:
+        return f"required for {kind}: sources (the column to predict)"
+    if kind and kind not in TABLE_KINDS and target is not None:
+        return f"only csv: and parquet: sources have named target columns, not {kind}:"
+    return None
+
+
+def impute_error(key: str, strategy: str) -> str | None:
+    """Why ``strategy`` cannot fill missing values of the ``key`` ("numeric" or "categorical") columns, or None."""
+    allowed = {"numeric": NUMERIC_IMPUTE, "categorical": CATEGORICAL_IMPUTE}.get(key)
+    if allowed is None or strategy not in allowed:
+        return f"{strategy!r} is not a strategy; numeric: {NUMERIC_IMPUTE}, categorical: {CATEGORICAL_IMPUTE}"
+    return None
+
+
+def known_task(source: str, task: str) -> str:
+    """The task of a config's data as far as it is known without loading it: ``task`` itself unless it is "auto"
+    and the source is a bundled dataset or IDX images."""
+    kind, _, name = source.partition(":")
+    if task != "auto":
+        return task
+    if kind == "sklearn":
+        return SKLEARN_DATASETS.get(name, task)
+    return IDX_TASK if kind == "idx" else task
 
 
 def gpu_request_error(gpus_per_trial: float) -> str | None:
@@ -36,7 +101,3 @@ def gpu_request_error(gpus_per_trial: float) -> str | None:
         return (f"gpus_per_trial {gpus_per_trial:g} is more than one GPU, but a trial trains on one device; "
                 "use 1, or a fraction such as 0.25 to share a GPU between trials")
     return None
-
-
-class DataError(ValueError):
-    """The data cannot be used as configured (missing file, bad target, ...)."""

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from trainables.data import Preprocessor
+from trainables.preprocessing import Preprocessor
 
 PREDICT_BATCH = 8192
 

@@ -11,7 +11,7 @@ import torch
 from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.data import TrialData
+from trainables.splitting import TrialData
 from trainables.device import hide_gpus_from_cpu_trial, trial_device
 from trainables.reporting import EpochBatcher
 from trainables.train import Snapshot, TrainSettings, train_trial

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.data import TrialData
 from trainables.device import memory_budget, prepare_device, same_device
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
 from trainables.model import Architecture, architecture_from_params, build_mlp
+from trainables.names import OPTIMIZERS
+from trainables.params import DEFAULT_BATCH_SIZE, default
+from trainables.splitting import TrialData
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
 # Data stays resident on a GPU only while it takes at most this share of the free device memory: trials sharing a
 # GPU (fractional gpus_per_trial) each upload their own copy, and activations and optimizer state need room too.
@@ -79,9 +80,9 @@ def trial_seed(params: dict, base_seed: int) -> int:
 
 def make_optimizer(params: dict, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``params['optimizer']`` with its learning rate, weight decay and momentum."""
-    name = params.get("optimizer", "adam")
-    lr = float(params.get("lr", 1e-3))
-    weight_decay = float(params.get("weight_decay", 0.0))
+    name = params.get("optimizer", default("optimizer"))
+    lr = float(params.get("lr", default("lr")))
+    weight_decay = float(params.get("weight_decay", default("weight_decay")))
     # One fused kernel per parameter instead of a handful of small ops: on small MLPs the optimizer step is a
     # large share of each batch's time (CPU and CUDA support it).
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
@@ -90,7 +91,7 @@ def make_optimizer(params: dict, model: nn.Module) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
-        momentum = float(params.get("momentum", 0.9))
+        momentum = float(params.get("momentum", default("momentum")))
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}")
 
@@ -117,7 +118,7 @@ def train_trial(
     description = {"architecture": first.arch.to_dict(), "preprocessor": first.data.preprocessor, "params": params}
     if len(folds) > 1:  # the logged model was trained on part of the development rows: say which part
         description["cross_validation"] = {"fold": 1, "folds": len(folds)}
-    batch_size = int(params.get("batch_size", 64))
+    batch_size = int(params.get("batch_size", DEFAULT_BATCH_SIZE))
     use_amp = settings.amp and device.type == "cuda"
 
     sign = 1.0 if metric_mode(settings.metric) == "min" else -1.0
@@ -184,7 +185,7 @@ class _Fold:
         tensors = _place_data(data, device, settings.stream, settings.gpu_share)
         fold = cls(data, arch, model, model, optimizer, loss_fn, tensors, seed)
         if settings.compile:
-            fold.net = _maybe_compile(fold, int(params.get("batch_size", 64)), device, settings.compile,
+            fold.net = _maybe_compile(fold, int(params.get("batch_size", DEFAULT_BATCH_SIZE)), device, settings.compile,
                                       settings.amp and device.type == "cuda")
         return fold
 
@@ -231,7 +232,7 @@ def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0,
     # Resident or streamed by the same rule as the trials: the pooled rows are larger than a trial's training rows.
     resident = _fits_on_device(data.x_train.nbytes + data.y_train.nbytes, torch_device)
     x, y = (torch.tensor(a, device=torch_device if resident else None) for a in (data.x_train, data.y_train))
-    batch_size = int(params.get("batch_size", 64))
+    batch_size = int(params.get("batch_size", DEFAULT_BATCH_SIZE))
     use_amp = amp and torch_device.type == "cuda"
     for epoch in range(1, epochs + 1):
         generator = torch.Generator().manual_seed(seed + epoch)
