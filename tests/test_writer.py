@@ -16,7 +16,8 @@ import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.writer import TrackingWriter, read_state, state_exists, write_state
+from search.storage import read_state, state_exists, write_state
+from search.writer import TrackingWriter
 from tests.conftest import free_port
 
 
@@ -200,10 +201,10 @@ def test_with_s3_storage_pending_writes_and_uploads_live_in_the_bucket(mlflow_se
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
-    from search.tuner import _pending_file
+    from search.storage import pending_file
 
     root = "s3://hps/searches/s3-search"
-    pending = _pending_file("s3://hps/searches", "s3-search")
+    pending = pending_file("s3://hps/searches", "s3-search")
     assert pending == f"{root}/mlflow-pending.json"
     local = make_model_folder(tmp_path / "model")
     s3.create_dir("hps/searches/s3-search/trial_a/checkpoint_000001")
