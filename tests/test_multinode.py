@@ -319,7 +319,7 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
     # The same name in the same bucket is refused before anything runs, as for a folder; --overwrite starts over.
     again = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
-    from search.tuner import _claim_storage
+    from search.storage import claim_storage as _claim_storage
 
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, env[key])
