@@ -1,4 +1,5 @@
-"""The search service: config, space, searcher, tuner, tracking, leaderboard, CLI.
+"""The search service around ``trainables``: config, Optuna space and searcher, Ray wiring, storage, the search's
+lifecycle, MLflow records, the reading commands and the CLI (docs/architecture.md has the map).
 
 Heavy dependencies (Ray, MLflow) load only when a search runs; ``hps validate`` stays fast.
 """
