@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 
 NODE_IP = "127.0.0.1"
 BUCKET = "hps-checkpoints"
-NUM_SAMPLES, MAX_EPOCHS = 4, 3
+NUM_SAMPLES, MAX_EPOCHS = 2, 3  # two trials at once on two 1-CPU nodes: one on each
 OBJECT_STORE_BYTES = 100 * 1024**2  # Ray's default reserves a third of RAM per node; the test needs a few MB
 
 

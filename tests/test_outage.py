@@ -102,7 +102,7 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
 
 def test_a_write_the_server_refuses_is_counted_reported_and_exits_1(ray_session, mlflow_server, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    config = slow_config(tmp_path / "c.yaml", "refused-writes", mlflow_server, num_samples=2, max_epochs=8)
+    config = slow_config(tmp_path / "c.yaml", "refused-writes", mlflow_server, num_samples=2, max_epochs=5)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path,
                      tmpdir=Path(os.environ.get("TMPDIR", "/tmp")))
     client = MlflowClient(mlflow_server)

@@ -114,7 +114,7 @@ def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_con
     writes, and once the server is back every epoch of every trial is in MLflow exactly once."""
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "runs"
-    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_control.uri, num_samples=3, max_epochs=14,
+    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_control.uri, num_samples=3, max_epochs=10,
                          max_failures=2)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(storage), cwd=tmp_path)
     client = MlflowClient(mlflow_control.uri)
@@ -157,7 +157,7 @@ def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
     name = "interrupted"
-    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=10)
+    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=6)
     client = MlflowClient(mlflow_server)
 
     first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
