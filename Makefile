@@ -1,9 +1,10 @@
-# Two entry points: `make demo` (install + a real search on embedded defaults) and `make test`.
+# Entry points: `make demo` (install + a real search on embedded defaults), `make test` (the whole suite, as CI
+# runs it) and `make test-fast` (the tests not marked slow: the edit loop).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The edit loop: every test not marked slow (no real search, no Ray), in under two minutes.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf hps-runs mlruns.db .pytest_cache

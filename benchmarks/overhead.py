@@ -36,13 +36,14 @@ def trained_configurations(storage: Path, name: str) -> list[dict]:
     return [json.loads((p / "params.json").read_text()) for p in trial_dirs]
 
 
-def measure(config: str, overrides: list[str], reps: int, workdir: Path) -> dict:
+def measure(config: str, overrides: list[str], reps: int, workdir: Path, warmups: int = 1) -> dict:
     """``reps`` pairs of runs: ``hps run``, then the Optuna script training exactly the configurations that run
-    trained (so the ratio measures the service, not which networks each sampler happened to try). One untimed
-    run of each first, so neither pays for a cold file cache. The ratio is hps wall time / Optuna wall time."""
+    trained (so the ratio measures the service, not which networks each sampler happened to try). ``warmups``
+    untimed pairs first (one by default), so neither pays for a cold file cache. The ratio is hps wall time /
+    Optuna wall time."""
     sets = [arg for item in overrides for arg in ("--set", item)]
     runs = []
-    for pair in range(reps + 1):  # pair 0: the warm-up
+    for pair in range(reps + warmups):  # the first ``warmups`` pairs: untimed
         name = f"bench-overhead-{pair}"
         hps = [*hps_command(), "run", config, "--name", name, *sets,
                "--tracking-uri", f"sqlite:///{workdir}/overhead-{pair}.db", "--storage", str(workdir / "storage"),
@@ -52,7 +53,7 @@ def measure(config: str, overrides: list[str], reps: int, workdir: Path) -> dict
         replay.write_text(json.dumps(trained_configurations(workdir / "storage", name)))
         optuna = [sys.executable, "-m", "benchmarks.optuna_baseline", config, *sets, "--replay", str(replay)]
         optuna_wall, stdout = _run(optuna, workdir / f"overhead-{pair}-optuna.log")
-        if pair == 0:
+        if pair < warmups:
             continue
         optuna_best = json.loads(stdout.strip().splitlines()[-1])["best_value"]
         runs.append({"hps_wall_s": hps_wall, "optuna_wall_s": optuna_wall, "optuna_best": optuna_best,

@@ -26,6 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
 
+# MLflow's server starts a job runner and seven job consumers next to its web worker (for GenAI jobs, which hps
+# never submits): about a core-second each at every start. The test servers run without them.
+def server_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **extra}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,31 +52,59 @@ def wait_for_health(uri: str, process: subprocess.Popen, timeout: float = 90) ->
     raise RuntimeError(f"mlflow server at {uri} did not become healthy in {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> str:
-    """A real `mlflow server` (sqlite backend, proxied artifacts) on a free loopback port; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(uri, process)
-        yield uri
-    finally:
-        # The server starts helper processes (workers, a job consumer): stop its whole session, not just the parent.
-        os.killpg(process.pid, signal.SIGTERM)
+class MlflowServer:
+    """A real `mlflow server` (sqlite backend, proxied artifacts) on a free loopback port that can be stopped and
+    started again on the same port, database and artifacts (an outage, a reboot)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        with open(self.root / "server.log", "a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server",
+                 "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                 "--artifacts-destination", str(self.root / "art"), "--serve-artifacts",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=server_env(), start_new_session=True,
+            )
+        wait_for_health(self.uri, self.process)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the whole process group: the server starts helper processes (workers, a job consumer)."""
+        if not self.running:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def mlflow_control(tmp_path_factory):
+    """The session's one tracking server, for tests that stop and start it (an outage); they leave it running."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_control) -> str:
+    """The URI of the session's real `mlflow server`."""
+    return mlflow_control.uri
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +118,34 @@ def ray_session():
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def mlflow_global_uris_reset():
+    """MLflow's process-wide tracking and registry URIs (and the environment variables setting them writes) are
+    reset after each test: a test that points them at its server must not send a later test's registrations
+    there (tests/test_evaluate.py left the registry URI at the session's server, which made the recorded-search
+    registrations of tests/test_evaluate_recorded.py and tests/test_registry.py fail in a full run)."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {key: os.environ.get(key) for key in keys}
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that joins the session's Ray (a real search, or Ray itself) is slow, wherever it lives:
+    `make test-fast` (``-m "not slow"``) never starts Ray."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def load_yaml(name: str) -> dict:

@@ -11,14 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONFIGS
 
-pytestmark = pytest.mark.slow
-
 
 def hps(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
     run = hps("run", str(CONFIGS / "breast_cancer.yaml"), "--name", "cli-bc", "--num-samples", "3", "--max-epochs", "3",
@@ -72,6 +71,7 @@ def test_storage_that_is_a_file_exits_2_before_any_run(tmp_path):
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
+@pytest.mark.slow
 def test_reading_commands_refuse_a_mistyped_database_and_odd_names(tmp_path):
     missing = tmp_path / "typo.db"
     (tmp_path / "rows.csv").write_text("a,b\n1,2\n")

@@ -29,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import free_port, wait_for_health
+from tests.conftest import free_port, server_env, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -889,7 +889,7 @@ def basic_auth_server(tmp_path_factory):
     config.write_text("[mlflow]\ndefault_permission = READ\n"
                       f"database_uri = sqlite:///{root}/auth.db\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+    env = {**server_env(), "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": _good_secret()}
     port = free_port()
     log = open(root / "server.log", "w")
@@ -962,7 +962,8 @@ def test_mlflow_init_creates_a_non_admin_user_that_can_do_what_hps_does(basic_au
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=parent.info.run_id):
-        info = mlflow.pyfunc.log_model(name="evaluated", python_model=Constant())
+        # Requirements given, as hps gives them (inferring them would load the model in a subprocess: ~20 s).
+        info = mlflow.pyfunc.log_model(name="evaluated", python_model=Constant(), pip_requirements=["pandas"])
     version = mlflow.register_model(info.model_uri, "hps-as-non-admin-model")
     client.set_registered_model_alias("hps-as-non-admin-model", "champion", version.version)
     client.set_model_version_tag("hps-as-non-admin-model", version.version, "hps.search", "s")
@@ -974,9 +975,10 @@ def test_mlflow_init_creates_a_non_admin_user_that_can_do_what_hps_does(basic_au
 
 
 @pytest.mark.slow
-def test_hps_runs_evaluates_and_predicts_as_the_non_admin_user(basic_auth_server, tmp_path):
+def test_hps_runs_evaluates_and_predicts_as_the_non_admin_user(basic_auth_server, ray_session, tmp_path):
     """The whole CLI path the compose stack's `hps` service takes, logged in as the user mlflow-init
-    creates: a search (local Ray), evaluate (registers the model) and predict from the registry."""
+    creates: a search (joining a running Ray, as the service joins the stack's head), evaluate (registers the
+    model) and predict from the registry."""
     from sklearn.datasets import load_breast_cancer
 
     uri, admin, admin_password = basic_auth_server
@@ -992,6 +994,7 @@ def test_hps_runs_evaluates_and_predicts_as_the_non_admin_user(basic_auth_server
     config = str(ROOT / "configs" / "breast_cancer.yaml")
     run = hps("run", config, "--name", "bc-non-admin", "--num-samples", "2", "--max-epochs", "2",
               "--storage", str(tmp_path / "runs"), "--set", "scheduler.grace_period=1",
+              "--address", ray_session.get_runtime_context().gcs_address,
               "--set", "space.units.high=16", "--set", "search.max_concurrent=2")
     assert run.returncode == 0, run.stderr[-3000:]
     evaluated = hps("evaluate", "bc-non-admin")

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 
 NODE_IP = "127.0.0.1"
 BUCKET = "hps-checkpoints"
-NUM_SAMPLES, MAX_EPOCHS = 4, 3
+NUM_SAMPLES, MAX_EPOCHS = 2, 3  # two trials at once on two 1-CPU nodes: one on each
 OBJECT_STORE_BYTES = 100 * 1024**2  # Ray's default reserves a third of RAM per node; the test needs a few MB
 
 
@@ -319,9 +319,19 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
     # The same name in the same bucket is refused before anything runs, as for a folder; --overwrite starts over.
     again = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
-    from search.storage import claim_storage as _claim_storage
+    # --overwrite deletes the old state before anything else is recorded: stopped right there (at the
+    # announcement every `hps run` makes once its input checks pass), the search's folder in the bucket is gone.
+    from search.config import load_config
+    from search.tuner import run_search
+
+    class Announced(Exception):
+        pass
+
+    def stop(_split):
+        raise Announced
 
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, env[key])
-    _claim_storage(storage, name, overwrite=True)
+    with pytest.raises(Announced):
+        run_search(load_config(config), address=address, storage=storage, overwrite=True, announce=stop)
     assert s3.get_file_info(f"{BUCKET}/searches/{name}").type == pyarrow.fs.FileType.NotFound

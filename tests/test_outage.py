@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,57 +19,34 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.leaderboard import find_search_run
-from tests.conftest import free_port, wait_for_health
-from tests.test_resilience import TIMEOUT, children, output_of, slow_config, wait_until
+from tests.conftest import MlflowServer
+from tests.test_resilience import children, output_of, slow_config, start_hps as start_hps_with_env, wait_until
 
 pytestmark = pytest.mark.slow
+Server = MlflowServer  # a server of a test's own (tests/test_predict_model_choice.py damages its stored files)
 
 
-class Server:
-    """A real `mlflow server` that can be stopped and started again on the same port, database and artifacts."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/m.db",
-             "--artifacts-destination", str(self.root / "art"), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
-        wait_for_health(self.uri, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(30)
-
-
-def start_hps(*args: str, cwd: Path, tmpdir: Path) -> subprocess.Popen:
+def start_hps(*args: str, cwd: Path, tmpdir: Path):
     """`hps` with its own system temp folder (TMPDIR), which the test wipes to stand for a reboot."""
-    log = open(cwd / f"hps-{time.monotonic_ns()}.log", "w")
     # Experiment snapshots every half second (Tune's default adapts, ~10 s): ended trials are recorded as ended on
     # disk while the others still run, which is when their checkpoints become candidates for pruning.
     env = {**os.environ, "TMPDIR": str(tmpdir), "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=cwd, env=env)
+    return start_hps_with_env(*args, cwd=cwd, env=env)
 
 
 def checkpoint_models(trial_dir: Path) -> list[Path]:
     return sorted(trial_dir.glob("checkpoint_*/model"))
 
 
-def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_loudly(ray_session, tmp_path):
-    server = Server(tmp_path)
-    server.start()
+def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_loudly(ray_session, mlflow_control,
+                                                                                     tmp_path):
+    server = mlflow_control  # the session's server, stopped for the outage and started again
     tmpdir = tmp_path / "system-tmp"
     tmpdir.mkdir()
     storage = tmp_path / "runs"
     try:
         address = ray_session.get_runtime_context().gcs_address
-        config = slow_config(tmp_path / "c.yaml", "outage-models", server.uri, num_samples=4, max_epochs=6)
+        config = slow_config(tmp_path / "c.yaml", "outage-models", server.uri, num_samples=3, max_epochs=6)
         raw = yaml.safe_load(config.read_text())
         raw["tracking"]["outage_wait_s"] = 2  # give up waiting for the server soon after the search ends
         config.write_text(yaml.safe_dump(raw))
@@ -81,16 +54,16 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
                          tmpdir=tmpdir)
         client = MlflowClient(server.uri)
         wait_until(lambda: any(r.data.metrics.get("best_epoch", 0) >= 1 for r in children(client, "outage-models")),
-                   what="first epochs logged")
+                   what="first epochs logged", alive=proc)
         server.stop()  # every trial ends, and every model upload waits, while the server is down
-        assert proc.wait(TIMEOUT) == 1, output_of(tmp_path)
+        assert proc.wait() == 1, output_of(tmp_path)
         pending = storage / "outage-models" / "mlflow-pending.json"
         assert f"saved in {pending}" in output_of(tmp_path)
         assert not list(tmp_path.glob("*pending*"))
         # Nothing of the search's lives in the system temp folder; the checkpoints holding the models waiting for
         # upload are kept in the storage folder.
         trial_dirs = sorted(p for p in (storage / "outage-models").iterdir() if p.is_dir())
-        assert len(trial_dirs) == 4 and all(checkpoint_models(t) for t in trial_dirs), \
+        assert len(trial_dirs) == 3 and all(checkpoint_models(t) for t in trial_dirs), \
             [list(t.iterdir()) for t in trial_dirs]
 
         shutil.rmtree(tmpdir)  # the machine restarts: its temp folder is gone
@@ -103,7 +76,7 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
         server.start()
         resumed = start_hps("resume", "outage-models", "--address", address, "--storage", str(storage),
                             cwd=tmp_path, tmpdir=tmpdir)
-        assert resumed.wait(TIMEOUT) == 1, output_of(tmp_path)
+        assert resumed.wait() == 1, output_of(tmp_path)
         assert not pending.exists()
         errors = [line for line in output_of(tmp_path).splitlines() if line.startswith("hps: error:")]
         assert errors[-1].startswith(f"hps: error: 1 MLflow write(s) were given up (first: log_artifacts for {lost}:"), \
@@ -111,7 +84,7 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
         assert f"gave up uploading model of {lost}" in output_of(tmp_path)
 
         runs = children(client, "outage-models")
-        assert len(runs) == 4 and {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
+        assert len(runs) == 3 and {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
         for run in runs:
             files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
             if run.data.tags["hps.trial_id"] == lost:  # no files, and no tag claiming a model
@@ -124,12 +97,12 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
         assert not any(checkpoint_models(t) for t in trial_dirs[1:])  # uploaded: now pruned
         assert list(lost_dir.glob("checkpoint_*"))  # given up: its checkpoints stay
     finally:
-        server.stop()
+        server.start()
 
 
 def test_a_write_the_server_refuses_is_counted_reported_and_exits_1(ray_session, mlflow_server, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    config = slow_config(tmp_path / "c.yaml", "refused-writes", mlflow_server, num_samples=2, max_epochs=10)
+    config = slow_config(tmp_path / "c.yaml", "refused-writes", mlflow_server, num_samples=2, max_epochs=5)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path,
                      tmpdir=Path(os.environ.get("TMPDIR", "/tmp")))
     client = MlflowClient(mlflow_server)
@@ -139,8 +112,8 @@ def test_a_write_the_server_refuses_is_counted_reported_and_exits_1(ray_session,
                      if r.info.status == "RUNNING" and r.data.metrics.get("best_epoch", 0) >= 1), None)
 
     # Someone deletes a trial's run from the MLflow UI mid-search: the server refuses that run's next writes.
-    client.delete_run(wait_until(running_trial, what="a trial with an epoch logged").info.run_id)
-    assert proc.wait(TIMEOUT) == 1, output_of(tmp_path)
+    client.delete_run(wait_until(running_trial, what="a trial with an epoch logged", alive=proc).info.run_id)
+    assert proc.wait() == 1, output_of(tmp_path)
     output = output_of(tmp_path)
     error_lines = [line for line in output.splitlines() if line.startswith("hps: error:")]
     assert len(error_lines) == 1 and "MLflow write(s) were given up" in error_lines[0], output

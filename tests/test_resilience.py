@@ -1,7 +1,10 @@
-"""Nothing lost when things break: a killed worker, a killed driver, a tracking-server outage, diverging trials.
+"""Nothing lost when things break: a killed worker, a tracking-server outage, Ctrl-C, a killed driver, diverging
+trials.
 
-Real processes throughout: `hps` runs as a subprocess joined to the session's Ray, against real `mlflow server`
-processes; the faults are real signals to real processes.
+Real processes throughout: `hps` runs as a subprocess joined to the session's Ray, against the session's real
+`mlflow server` process (stopped and started again for the outage); the faults are real signals to real processes.
+Each real search carries several faults that do not interfere, and every wait is for an event (a metric in MLflow,
+a line of output, a checkpoint on disk, Ray's CPUs coming back), with a timeout, never a fixed sleep.
 """
 
 from __future__ import annotations
@@ -17,41 +20,68 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from search.cli import main as hps_main
 from search.config import parse_config
 from search.leaderboard import find_search_run, trial_runs
-from search.tuner import SchedulerState, SearchFailed, run_search
-from tests.conftest import free_port, load_yaml, shrink, wait_for_health
+from search.tuner import SchedulerState, run_search
+from tests.conftest import load_yaml, shrink
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240
 
 
 def slow_config(path: Path, name: str, uri: str, num_samples: int, max_epochs: int, **search) -> Path:
-    """Digits trials that take a few seconds each (wide layers, small batches: ~0.3 s an epoch on 2 cores), so
-    faults land mid-trial even though MLflow, which the tests watch, trails Tune by up to ~2 s (reports of short
-    epochs are merged for up to 1 s, MLflow writes for up to 1 s more)."""
+    """Digits trials whose epochs take a fraction of a second each (wide layers, small batches: ~0.3 s an epoch on
+    2 cores), so faults land mid-trial. Every epoch is sent at once (``report_interval_s: 0``): MLflow, which the
+    tests watch, trails Tune by at most the writer's merging (~1 s)."""
     raw = shrink(load_yaml("digits.yaml"), name, uri, num_samples=num_samples, max_epochs=max_epochs)
     raw["space"] = {"n_layers": 2, "units": 1024, "batch_size": 16, "optimizer": "adam",
                     "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
                     "dropout": {"type": "float", "low": 0.0, "high": 0.3}}
     raw["scheduler"] = {"type": "fifo", "max_epochs": max_epochs, "grace_period": 1}
+    raw.setdefault("training", {})["report_interval_s"] = 0
     raw["search"].update(search)
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def start_hps(*args: str, cwd: Path) -> subprocess.Popen:
-    log = open(cwd / f"hps-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+class Hps:
+    """`hps ...` as a subprocess with its own log file (stdout and stderr)."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict | None = None) -> None:
+        self.log = cwd / f"hps-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=out,
+                                            stderr=subprocess.STDOUT, cwd=cwd, env=env)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+            raise AssertionError(f"hps did not end within {timeout}s:\n{self.output[-3000:]}") from None
 
 
-def wait_until(condition, timeout: float = TIMEOUT, what: str = "condition"):
+def start_hps(*args: str, cwd: Path, env: dict | None = None) -> Hps:
+    return Hps(*args, cwd=cwd, env=env)
+
+
+def wait_until(condition, timeout: float = TIMEOUT, what: str = "condition", alive: Hps | None = None):
+    """Poll ``condition`` until it returns something true; fail at once if ``alive`` ended meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.3)
+        if alive is not None and alive.process.poll() is not None:
+            raise AssertionError(f"hps ended ({alive.process.returncode}) while waiting for {what}:\n"
+                                 f"{alive.output[-3000:]}")
+        time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -74,104 +104,99 @@ def output_of(cwd: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(cwd.glob("hps-*.log")))
 
 
-def test_killed_worker_is_retried_from_its_checkpoint(ray_session, mlflow_server, tmp_path):
+def checkpoints(storage: Path, name: str) -> set[Path]:
+    return set((storage / name).glob("tune_trainable_*/checkpoint_*"))
+
+
+def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_control, tmp_path):
+    """A trial's worker process is killed (SIGKILL) two epochs in: exactly that trial is retried from its
+    checkpoint. Then the tracking server goes down while trials train: the search keeps training, buffers its
+    writes, and once the server is back every epoch of every trial is in MLflow exactly once."""
     address = ray_session.get_runtime_context().gcs_address
-    config = slow_config(tmp_path / "c.yaml", "kill-worker", mlflow_server, num_samples=3, max_epochs=16, max_failures=2)
-    proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
-    client = MlflowClient(mlflow_server)
+    storage = tmp_path / "runs"
+    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_control.uri, num_samples=3, max_epochs=10,
+                         max_failures=2)
+    proc = start_hps("run", str(config), "--address", address, "--storage", str(storage), cwd=tmp_path)
+    client = MlflowClient(mlflow_control.uri)
 
     def running_trial_with_two_epochs():
-        for run in children(client, "kill-worker"):
+        for run in children(client, "faults"):
             if run.info.status == "RUNNING" and "pid" in run.data.tags and 2 <= run.data.metrics.get("best_epoch", 0):
                 if int(run.data.tags.get("hps.last_epoch", 0)) == 0:
                     return run
         return None
 
-    victim = wait_until(running_trial_with_two_epochs, what="a trial two epochs in")
+    victim = wait_until(running_trial_with_two_epochs, what="a trial two epochs in", alive=proc)
     os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
-    assert proc.wait(TIMEOUT) == 0, output_of(tmp_path)
 
-    runs = children(client, "kill-worker")
+    try:
+        mlflow_control.stop()  # the outage: trials keep training while the server is down
+        before = checkpoints(storage, "faults")
+        wait_until(lambda: "buffering writes" in proc.output, what="writes buffered", alive=proc)
+        wait_until(lambda: checkpoints(storage, "faults") - before, what="an epoch trained during the outage",
+                   alive=proc)
+    finally:
+        mlflow_control.start()
+    assert proc.wait() == 0, proc.output
+
+    runs = children(client, "faults")
     assert len(runs) == 3 and len({r.data.tags["hps.trial_id"] for r in runs}) == 3, [r.data.tags for r in runs]
     # The killed process is the actor that ran the victim; with reuse_actors it may already have moved on to the
     # next trial when the signal lands (MLflow trails Tune slightly). Either way exactly that trial is retried.
     retried = [r for r in runs if int(r.data.tags.get("hps.retries", 0)) >= 1]
-    assert len(retried) == 1, ([r.data.tags for r in runs], output_of(tmp_path))
+    assert len(retried) == 1, ([r.data.tags for r in runs], proc.output)
     assert {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
     assert_clean_histories(client, runs)
+    assert find_search_run(client, "faults").info.status == "FINISHED"
 
 
-def test_driver_killed_then_resumed_without_duplicates(ray_session, mlflow_server, tmp_path):
+def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session, mlflow_server, tmp_path):
+    """Ctrl-C stops cleanly (exit 130, the resume command printed, running trials ended as interrupted); the
+    resumed search's driver is then killed (SIGKILL); `hps run` of the same search is refused with the resume
+    command; `hps resume` finishes it with each trial once and each epoch once."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "kill-driver", mlflow_server, num_samples=6, max_epochs=12)
-    proc = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
+    name = "interrupted"
+    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=6)
     client = MlflowClient(mlflow_server)
-    wait_until(lambda: "[2/6 done" in output_of(tmp_path), what="two trials done")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-    time.sleep(3)  # let Ray notice the dead driver and stop its trial actors
+
+    first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
+    wait_until(lambda: "[1/4 done" in first.output, what="a trial done", alive=first)
+    first.process.send_signal(signal.SIGINT)
+    assert first.wait() == 130, first.output
+    assert f"hps resume {name} --storage {storage}" in first.output
+    assert find_search_run(client, name).info.status == "KILLED"
+    # Trials that were running are ended as interrupted (trials not started yet have no run at all).
+    for run in children(client, name):
+        assert (run.info.status, run.data.tags["hps.outcome"]) in {("FINISHED", "completed"), ("KILLED", "interrupted")}
+
+    second = start_hps("resume", name, "--address", address, "--storage", storage, cwd=tmp_path)
+    wait_until(lambda: " done, " in second.output, what="a trial done after resuming", alive=second)
+    second.process.send_signal(signal.SIGKILL)
+    second.process.wait(30)
+    # Ray notices the dead driver and stops its trial actors: both CPUs free again.
+    wait_until(lambda: ray_session.available_resources().get("CPU", 0) >= 2, timeout=60, what="the trials stopped")
 
     again = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
-    assert again.wait(TIMEOUT) == 2 and "hps resume kill-driver" in output_of(tmp_path)
+    assert again.wait() == 2 and f"hps resume {name}" in again.output, again.output
 
-    resumed = start_hps("resume", "kill-driver", "--address", address, "--storage", storage, cwd=tmp_path)
-    assert resumed.wait(TIMEOUT) == 0, output_of(tmp_path)
+    last = start_hps("resume", name, "--address", address, "--storage", storage, cwd=tmp_path)
+    assert last.wait() == 0, output_of(tmp_path)
 
-    runs = children(client, "kill-driver")
-    assert len(runs) == 6, [r.data.tags.get("hps.trial_id") for r in runs]
-    assert len({r.data.tags["hps.trial_id"] for r in runs}) == 6
+    runs = children(client, name)
+    assert len(runs) == 4, [r.data.tags.get("hps.trial_id") for r in runs]
+    assert len({r.data.tags["hps.trial_id"] for r in runs}) == 4
+    assert {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
     assert_clean_histories(client, runs)
-    parent = find_search_run(client, "kill-driver")
+    parent = find_search_run(client, name)
     assert parent.info.status == "FINISHED"
     best = min(runs, key=lambda r: r.data.metrics["best_val_loss"])
     assert parent.data.tags["hps.best_run_id"] == best.info.run_id
 
 
-def test_tracking_server_outage_mid_search(ray_session, tmp_path):
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server_cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/m.db",
-                  "--artifacts-destination", str(tmp_path / "art"), "--serve-artifacts",
-                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-
-    def start_server() -> subprocess.Popen:
-        server = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True, cwd=tmp_path)
-        wait_for_health(uri, server)
-        return server
-
-    def stop_server(server: subprocess.Popen) -> None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-
-    server = start_server()
-    try:
-        address = ray_session.get_runtime_context().gcs_address
-        config = slow_config(tmp_path / "c.yaml", "outage", uri, num_samples=4, max_epochs=8)
-        proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
-        client = MlflowClient(uri)
-        wait_until(lambda: any(r.data.metrics.get("best_epoch", 0) >= 1 for r in children(client, "outage")),
-                   what="first epochs logged")
-        stop_server(server)
-        time.sleep(6)  # trials keep training while the server is down
-        assert proc.poll() is None, output_of(tmp_path)
-        server = start_server()
-        assert proc.wait(TIMEOUT) == 0, output_of(tmp_path)
-        assert "buffering writes" in output_of(tmp_path)
-
-        runs = children(client, "outage")
-        assert len(runs) == 4
-        assert {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
-        assert_clean_histories(client, runs)
-        assert find_search_run(client, "outage").info.status == "FINISHED"
-    finally:
-        stop_server(server)
-
-
 def test_diverging_trials_fail_with_a_reason_and_the_search_goes_on(ray_session, tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
-    raw = shrink(load_yaml("diabetes.yaml"), "diverge", uri, num_samples=8, max_epochs=4)
+    raw = shrink(load_yaml("diabetes.yaml"), "diverge", uri, num_samples=8, max_epochs=3)
     raw["space"] = {"optimizer": "sgd", "momentum": 0.9, "norm": "none", "n_layers": 2, "units": 16,
                     "lr": {"type": "categorical", "choices": [0.003, 0.01, 1.0e4, 1.0e5]}}
     raw["search"].update(sampler="random", max_failures=2)
@@ -190,13 +215,16 @@ def test_diverging_trials_fail_with_a_reason_and_the_search_goes_on(ray_session,
     assert board.iloc[-1]["outcome"] == "failed"  # failed trials rank last
 
 
-def test_a_search_where_every_trial_fails_says_so(ray_session, tmp_path):
+def test_a_search_where_every_trial_fails_says_so(ray_session, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/m.db"
     raw = shrink(load_yaml("diabetes.yaml"), "all-diverge", uri, num_samples=2, max_epochs=3)
     raw["space"] = {"optimizer": "sgd", "momentum": 0.9, "norm": "none", "n_layers": 2, "units": 16,
                     "lr": {"type": "float", "low": 1e6, "high": 1e8}}
-    with pytest.raises(SearchFailed, match="all 2 trials failed.*diverged"):
-        run_search(parse_config(raw), storage=str(tmp_path / "runs"))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert hps_main(["run", str(config), "--storage", str(tmp_path / "runs")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("hps: error: ") and "all 2 trials failed" in error and "diverged" in error, error
     assert find_search_run(MlflowClient(uri), "all-diverge").info.status == "FAILED"
 
 
@@ -210,26 +238,3 @@ def test_scheduler_state_survives_a_save_and_restore():
     fresh = ASHAScheduler(time_attr="epoch", max_t=9, grace_period=1, reduction_factor=3, metric="val_loss", mode="min")
     SchedulerState(fresh).set_state(state)
     assert fresh._brackets[0]._rungs[-1][1] == {"t1": -0.5} and "t1" in fresh._trial_info
-
-
-def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(ray_session, mlflow_server, tmp_path):
-    address = ray_session.get_runtime_context().gcs_address
-    storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "ctrl-c", mlflow_server, num_samples=6, max_epochs=12)
-    proc = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
-    wait_until(lambda: "[2/6 done" in output_of(tmp_path), what="two trials done")
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(TIMEOUT) == 130, output_of(tmp_path)
-    assert f"hps resume ctrl-c --storage {storage}" in output_of(tmp_path)
-    client = MlflowClient(mlflow_server)
-    assert find_search_run(client, "ctrl-c").info.status == "KILLED"
-    # Trials that were running are ended as interrupted (trials not started yet have no run at all).
-    for run in children(client, "ctrl-c"):
-        assert (run.info.status, run.data.tags["hps.outcome"]) in {("FINISHED", "completed"), ("KILLED", "interrupted")}
-
-    resumed = start_hps("resume", "ctrl-c", "--address", address, "--storage", storage, cwd=tmp_path)
-    assert resumed.wait(TIMEOUT) == 0, output_of(tmp_path)
-    runs = children(client, "ctrl-c")
-    assert len(runs) == 6 and {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
-    assert_clean_histories(client, runs)
-    assert find_search_run(client, "ctrl-c").info.status == "FINISHED"
