@@ -54,12 +54,8 @@ def hide_gpus_from_cpu_trial(device: torch.device) -> None:
     Only effective before CUDA is first initialised in the process, which is the case for a fresh Ray worker; a
     reused worker keeps the resources it was started with, so it never switches between CPU and GPU trials.
     """
-    if device.type == "cpu" and not _cuda_initialized():
+    if device.type == "cpu" and not torch.cuda.is_initialized():
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
-
-def _cuda_initialized() -> bool:
-    return bool(torch.cuda.is_initialized()) if hasattr(torch.cuda, "is_initialized") else False
 
 
 def canonical(device: str | torch.device) -> torch.device:
