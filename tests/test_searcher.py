@@ -86,3 +86,33 @@ def test_a_config_names_exactly_the_samplers_the_searcher_builds():
         parse_config(raw)
     with pytest.raises(ValueError, match="no sampler 'annealing'"):
         sampler_class("annealing")
+
+
+def test_without_a_finished_key_a_clean_end_is_complete():
+    """A trainable that never says whether it ran its budget (plain Tune functions) gets COMPLETE, not PRUNED;
+    hps's trainable, which always says, keeps its rule."""
+    s = searcher()
+    s.suggest("plain")
+    s.on_trial_result("plain", {"val_loss": 0.4, "training_iteration": 1})
+    s.on_trial_complete("plain", {"val_loss": 0.3, "training_iteration": 2})
+    s.suggest("errored")
+    s.on_trial_complete("errored", {"val_loss": 0.3, "training_iteration": 1}, error=True)
+    plain, errored = s._ot_study.get_trials(deepcopy=False)
+    assert plain.state == TrialState.COMPLETE and plain.value == 0.3 and plain.intermediate_values == {1: 0.4}
+    assert errored.state == TrialState.FAIL
+
+
+def test_multi_objective_tells_a_list_and_reports_nothing_intermediate():
+    cfg = parse_config(load_yaml("digits.yaml"))
+    s = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric=["val_loss", "val_accuracy"],
+                                 mode=["min", "max"], sampler=make_sampler("random", 0))
+    for trial_id, result in [("a", {"val_loss": 0.5, "val_accuracy": 0.9}),
+                             ("b", {"val_loss": 0.4, "val_accuracy": 0.8, "finished": False}),
+                             ("c", {"val_loss": float("nan"), "val_accuracy": 0.7})]:
+        s.suggest(trial_id)
+        s.on_trial_result(trial_id, {**result, "training_iteration": 1})
+        s.on_trial_complete(trial_id, {**result, "training_iteration": 1})
+    a, b, c = s._ot_study.get_trials(deepcopy=False)
+    assert a.state == TrialState.COMPLETE and a.values == [0.5, 0.9] and a.intermediate_values == {}
+    assert b.state == TrialState.PRUNED
+    assert c.state == TrialState.FAIL
