@@ -265,6 +265,17 @@ class SchedulerConfig(_Strict):
     # ASHA's rungs are grace_period x reduction_factor^k below max_epochs: a factor just above 1 made ~10^16 of
     # them (Tune's scheduler and asha_rungs spun for ever). From 1.1 on there are at most ~100 rungs per 10^4 epochs.
     reduction_factor: float = Field(default=3, ge=MIN_REDUCTION_FACTOR, allow_inf_nan=False)
+    # Early stopping inside each trial: stop once the best search.metric is this many epochs old (None: off).
+    # Works with either scheduler (with ASHA, whichever stops a trial first wins); the trial keeps its best epoch's
+    # weights and is told to Optuna as pruned. Off by default: ASHA already stops the trials that fall behind.
+    patience: int | None = None
+
+    @field_validator("patience", mode="before")
+    @classmethod
+    def _patience_in_epochs(cls, patience: Any) -> int | None:
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"must be a whole number of epochs >= 1 (or left out: no patience), got {patience!r}")
+        return patience
 
     @field_validator("grace_period")
     @classmethod

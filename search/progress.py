@@ -46,7 +46,8 @@ class ProgressPrinter(tune.Callback):
             return
         finished = (trial.last_result or {}).get("finished", False)
         self.counts["completed" if finished else "stopped"] += 1
-        self._print(trials, trial, "completed" if finished else "stopped early")
+        patience = (trial.last_result or {}).get("stopped_no_improvement")
+        self._print(trials, trial, "completed" if finished else "stopped (no improvement)" if patience else "stopped early")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.counts["failed"] += 1

@@ -69,7 +69,7 @@ def _top_curves(client: MlflowClient, board: pd.DataFrame, metric: str) -> tuple
         row["trial"]: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], metric)]
         for _, row in top.iterrows()
     }
-    return histories, set(top.loc[top["outcome"] == "stopped_early", "trial"])
+    return histories, set(top.loc[top["outcome"].isin(["stopped_early", "stopped_no_improvement"]), "trial"])
 
 
 def log_table(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
-from trainables.reporting import epoch_number, expand_epochs
+from trainables.reporting import STOPPED_NO_IMPROVEMENT, epoch_number, expand_epochs
 from search.writer import TrackingWriter, log_params
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,9 @@ class TrialRunLogger(tune.Callback):
             self._end(trial, "failed", f"diverged: {result['diverged']}", "FAILED")
         elif result.get("finished"):
             self._end(trial, "completed", f"completed {result.get('epoch')} epochs", "FINISHED", self.log_models == "all")
+        elif result.get(STOPPED_NO_IMPROVEMENT):  # scheduler.patience: the trial ended itself, best weights kept
+            self._end(trial, STOPPED_NO_IMPROVEMENT, f"stopped at epoch {result.get('epoch')}: "
+                      f"{result[STOPPED_NO_IMPROVEMENT]}", "FINISHED", self.log_models == "all")
         else:
             self._end(trial, "stopped_early", f"stopped early at epoch {result.get('epoch')}", "FINISHED",
                       self.log_models == "all")

@@ -47,6 +47,7 @@ from search.writer import TrackingWriter, describe_given_up, quick_failing_http,
 from search.errors import SearchExists, SearchNotFound, StorageError, TrackingError
 from trainables.data import DataError, SplitDataset
 from trainables.ray_adapter import tune_trainable
+from trainables.reporting import STOPPED_NO_IMPROVEMENT
 from trainables.train import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -407,6 +408,7 @@ def _trainable(cfg: HpsConfig, data):
         num_threads=max(1, int(cfg.resources.cpus_per_trial)),
         gpu_share=cfg.resources.gpus_per_trial if 0 < cfg.resources.gpus_per_trial < 1 else 1.0,
         decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
+        patience=cfg.scheduler.patience,
     )
     return tune.with_resources(
         tune.with_parameters(tune_trainable, data=data, settings=settings),
@@ -505,6 +507,7 @@ def _summarize(board: pd.DataFrame, cfg: HpsConfig, n_trials: int, n_errors: int
         "hps.n_trials": str(n_trials),
         "hps.n_completed": str(counts.get("completed", 0)),
         "hps.n_stopped_early": str(counts.get("stopped_early", 0)),
+        "hps.n_stopped_no_improvement": str(counts.get(STOPPED_NO_IMPROVEMENT, 0)),
         "hps.n_failed": str(counts.get("failed", 0)),
     }
     if not board.empty and board.iloc[0]["outcome"] != "failed":

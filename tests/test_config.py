@@ -54,6 +54,10 @@ BAD_CASES = {
     "unknown dataset": (with_change("data.source", "sklearn:mnist"), "data.source", "unknown sklearn dataset"),
     "unknown source kind": (with_change("data.source", "ftp:x"), "data.source", "unknown data source"),
     "grace_period > max_epochs": (with_change("scheduler.grace_period", 99), "scheduler.grace_period", "grace_period (99)"),
+    "patience 0": (with_change("scheduler.patience", 0), "scheduler.patience", "whole number of epochs >= 1"),
+    "patience fractional": (with_change("scheduler.patience", 2.5), "scheduler.patience", "got 2.5"),
+    "patience true": (with_change("scheduler.patience", True), "scheduler.patience", "got True"),
+    "patience text": (with_change("scheduler.patience", "3"), "scheduler.patience", "got '3'"),
     "missing name": (with_change("name", ...), "name", "required"),
     "metric not reported for task": (with_change("search.metric", "val_mae"), "search.metric", "not reported"),
     "mode against the metric": (with_change("search.mode", "max"), "search.mode", "must be min"),
@@ -222,3 +226,9 @@ def test_trials_and_their_refit_share_one_training_seed():
     assert parse_config(raw).training_seed == 0
     raw["search"]["seed"] = 7
     assert parse_config(raw).training_seed == 7
+
+
+def test_patience_is_off_by_default_and_set_in_epochs():
+    assert parse_config(copy.deepcopy(BASE)).scheduler.patience is None
+    cfg = parse_config(apply_overrides(copy.deepcopy(BASE), ["scheduler.patience=3", "scheduler.type=fifo"]))
+    assert cfg.scheduler.patience == 3

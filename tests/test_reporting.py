@@ -42,6 +42,9 @@ def test_decision_epochs_divergence_and_long_epochs_are_sent_at_once():
     clock.now += 0.01
     batcher({"epoch": 13, "diverged": "loss became nan at epoch 13"})
     assert sent[-1]["epoch"] == 13
+    clock.now += 0.01
+    batcher({"epoch": 14, "stopped_no_improvement": "no improvement of val_loss in 3 epochs"})  # patience ran out
+    assert sent[-1]["epoch"] == 14
     slow_sent = []
     slow = EpochBatcher(lambda m, s: slow_sent.append(m), interval_s=1.0, clock=clock)
     feed(slow, clock, 5, 2.0)

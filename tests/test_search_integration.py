@@ -135,3 +135,30 @@ def test_checkpoints_of_ended_trials_are_pruned(search):
     trial_dirs = [d for d in (storage / "it-digits").iterdir() if d.is_dir() and not d.name.startswith(".")]
     assert len(trial_dirs) == NUM_SAMPLES
     assert not list((storage / "it-digits").glob("*/checkpoint_*"))
+
+
+def test_patience_stops_trials_with_their_own_outcome_and_they_stay_evaluable(ray_session, mlflow_server, tmp_path):
+    """scheduler.patience end to end: a trial whose val_loss stops improving ends itself, is recorded as
+    stopped_no_improvement with its best epoch's model, and `hps evaluate` refits it for that many epochs."""
+    from search.evaluate import evaluate_search
+
+    raw = shrink(load_yaml("wine.yaml"), "it-patience", mlflow_server, num_samples=2, max_epochs=5)
+    # A learning rate far below float32's resolution of the weights: no epoch after the first changes val_loss, so a
+    # patience of 1 must end every trial at epoch 2 (FIFO: nothing else stops a trial).
+    raw["space"].update(lr=1e-12, norm="none", dropout=0.0, weight_decay=0.0)
+    raw["scheduler"].update(type="fifo", patience=1)
+    raw["evaluate"] = {"top_k": 1, "refit": True}
+    outcome = run_search(parse_config(raw), storage=str(tmp_path / "runs"))
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    children = trial_runs(client, parent)
+    assert len(children) == 2
+    for child in children:
+        tags = child.data.tags
+        assert tags["hps.outcome"] == "stopped_no_improvement", tags.get("hps.outcome_note")
+        assert tags["hps.outcome_note"] == "stopped at epoch 2: no improvement of val_loss in 1 epoch (best at epoch 1)"
+        assert tags["hps.last_epoch"] == "2" and child.info.status == "FINISHED"
+        assert "model" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert parent.data.tags["hps.n_stopped_no_improvement"] == "2"
+    evaluation = evaluate_search(mlflow_server, "it-patience")
+    assert evaluation.epoch == 1 and evaluation.refit and evaluation.metrics

@@ -116,3 +116,16 @@ def test_multi_objective_tells_a_list_and_reports_nothing_intermediate():
     assert a.state == TrialState.COMPLETE and a.values == [0.5, 0.9] and a.intermediate_values == {}
     assert b.state == TrialState.PRUNED
     assert c.state == TrialState.FAIL
+
+
+def test_a_trial_patience_stopped_is_told_as_pruned():
+    s = searcher()
+    s.suggest("patience")
+    for epoch, loss in enumerate([0.9, 0.5, 0.6, 0.7], start=1):
+        s.on_trial_result("patience", {"epoch": epoch, "val_loss": loss, "best_val_loss": min(0.9, 0.5 if epoch > 1 else 0.9),
+                                       "finished": False, "training_iteration": epoch})
+    s.on_trial_complete("patience", {"epoch": 4, "val_loss": 0.7, "best_val_loss": 0.5, "best_epoch": 2, "finished": False,
+                                     "stopped_no_improvement": "no improvement of val_loss in 2 epochs (best at epoch 2)"})
+    (trial,) = s._ot_study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.PRUNED  # like an ASHA stop: its intermediate values are what TPE learns from
+    assert trial.intermediate_values == {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.7}

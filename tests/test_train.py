@@ -218,3 +218,44 @@ def test_regression_trains_with_the_chosen_loss(datasets, loss, expected):
 def test_classifier_refuses_a_regression_loss(datasets):
     with pytest.raises(ValueError, match="regression loss"):
         run(datasets["wine"].trial_data(), {**PARAMS, "loss": "mae"})
+
+
+def test_patience_stops_after_n_epochs_without_improvement_and_keeps_the_best_model(datasets, monkeypatch):
+    """scheduler.patience: the trial ends once its best value is `patience` epochs old; its last report says why and
+    carries a checkpoint whose model is the best epoch's, which evaluation (and the refit's epoch count) use."""
+    import trainables.train as train
+
+    scripted = iter([1.0, 0.8, 0.9, 0.85, 0.7, 0.6])  # best at epoch 2; epochs 3 and 4 do not beat it
+    weights_at = {}
+    real_epoch = train._Fold.epoch
+
+    def epoch(self, n, *args):
+        loss, evaluation = real_epoch(self, n, *args)
+        weights_at[n] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return loss, {**evaluation, "val_loss": next(scripted)}
+
+    monkeypatch.setattr(train._Fold, "epoch", epoch)
+    reports = run(datasets["wine"].trial_data(), epochs=6, patience=2, checkpoint_every=100)
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3, 4]
+    last, snapshot = reports[-1]
+    assert last["finished"] is False and last["best_epoch"] == 2 and last["best_val_loss"] == 0.8
+    assert last["stopped_no_improvement"] == "no improvement of val_loss in 2 epochs (best at epoch 2)"
+    assert all("stopped_no_improvement" not in m for m, _ in reports[:-1])
+    assert snapshot is not None and snapshot.state["best_epoch"] == 2
+    assert all(torch.equal(snapshot.state["best_model"][k], weights_at[2][k]) for k in weights_at[2])
+    assert not all(torch.equal(snapshot.state["best_model"][k], weights_at[4][k]) for k in weights_at[4])
+
+
+def test_patience_never_cuts_the_last_epoch_and_is_off_by_default(datasets, monkeypatch):
+    import trainables.train as train
+
+    real_epoch = train._Fold.epoch
+    monkeypatch.setattr(train._Fold, "epoch", lambda self, *a: (real_epoch(self, *a)[0], {"val_loss": 1.0}))
+    reports = run(datasets["wine"].trial_data(), epochs=3, patience=1)  # no epoch improves on the first
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    assert reports[-1][0]["stopped_no_improvement"].endswith("(best at epoch 1)")
+    reports = run(datasets["wine"].trial_data(), epochs=3, patience=2)  # would stop at 3, which is the last anyway
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3] and reports[-1][0]["finished"]
+    assert "stopped_no_improvement" not in reports[-1][0]
+    reports = run(datasets["wine"].trial_data(), epochs=3)
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3] and reports[-1][0]["finished"]

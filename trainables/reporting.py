@@ -13,13 +13,17 @@ import time
 from typing import Callable
 
 EARLIER_EPOCHS = "earlier_epochs"
+# The key of the last report of a trial that scheduler.patience ended, and the hps.outcome of its run: why it
+# stopped ("no improvement of val_loss in 3 epochs (best at epoch 4)"). Like ``diverged``, the trial ends itself.
+STOPPED_NO_IMPROVEMENT = "stopped_no_improvement"
 
 
 class EpochBatcher:
     """A ``report(metrics, snapshot)`` callable that forwards to ``send`` at most every ``interval_s`` seconds.
 
-    Reports are never held back when they carry a checkpoint, end the trial (finished or diverged) or fall on a
-    decision epoch of the scheduler (ASHA must see exactly its rung epochs). ``interval_s=0`` sends every epoch.
+    Reports are never held back when they carry a checkpoint, end the trial (finished, diverged or out of
+    patience) or fall on a decision epoch of the scheduler (ASHA must see exactly its rung epochs).
+    ``interval_s=0`` sends every epoch.
     Each epoch gets ``epoch_time_s`` (its own wall time) and ``epoch_end_time`` (Unix seconds), since a merged
     report's own timing spans several epochs.
     """
@@ -35,6 +39,7 @@ class EpochBatcher:
         metrics = {**metrics, "epoch_time_s": now - self.last_epoch_end, "epoch_end_time": time.time()}
         self.last_epoch_end = now
         must_send = (snapshot is not None or metrics.get("finished") or metrics.get("diverged")
+                     or metrics.get(STOPPED_NO_IMPROVEMENT)
                      or metrics.get("epoch") in self.decision_epochs or now - self.last_sent >= self.interval_s)
         if not must_send:
             self.held.append(metrics)

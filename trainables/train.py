@@ -25,6 +25,7 @@ from trainables.metrics import loss_function, loss_target, metric_mode, validati
 from trainables.model import Architecture, architecture_from_params, build_mlp
 from trainables.names import OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
+from trainables.reporting import STOPPED_NO_IMPROVEMENT
 from trainables.splitting import TrialData
 
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
@@ -70,6 +71,14 @@ class TrainSettings:
     # Shortest time between two reports to the scheduler; shorter epochs travel together (trainables.reporting).
     report_interval_s: float = 0.0
     stream: bool | None = None  # keep data in host memory and move batches; None: only when it does not fit the device
+    # Early stopping: end the trial once ``metric``'s best value has not improved for this many epochs (None: off).
+    # Its last report carries STOPPED_NO_IMPROVEMENT and a checkpoint holding the best epoch's weights.
+    patience: int | None = None
+
+
+def patience_ran_out(epoch: int, best_epoch: int, patience: int | None) -> bool:
+    """Whether ``patience`` epochs have passed since the best one (epoch 0: no finite value yet)."""
+    return patience is not None and epoch - best_epoch >= patience
 
 
 def trial_seed(params: dict, base_seed: int) -> int:
@@ -110,7 +119,14 @@ def train_trial(
     standard deviation of ``settings.metric`` over the folds (ddof 0, as ``cross_val_score(...).std()`` gives) under
     :func:`fold_std_name`. The model a snapshot carries is the first fold's. ``resume`` is a state previously handed out in a :class:`Snapshot`;
     training continues at the epoch after it. If the training loss stops being finite the trial ends with a last
-    report carrying ``diverged`` (the reason).
+    report carrying ``diverged`` (the reason). With ``settings.patience`` the trial also ends once its best value of
+    ``settings.metric`` is that many epochs old: the last report then carries :data:`STOPPED_NO_IMPROVEMENT` (the
+    reason), ``finished`` false, and a checkpoint with the best epoch's weights.
+
+    Patience lives here rather than in a Ray Tune ``Stopper``: the loop already keeps the best epoch, the rule then
+    holds without Ray (tests, the GPU machine), and the trial itself ends with a checkpoint of its best weights
+    and a reason in its last report; a Stopper would see results only after they were reported, so that last
+    report could not say it was the last (nor be forced to carry a checkpoint).
     """
     device = prepare_device(settings.device, settings.gpu_share)
     folds = [_Fold.build(params, d, settings, device, i) for i, d in enumerate([data] if isinstance(data, TrialData) else data)]
@@ -153,7 +169,13 @@ def train_trial(
         metrics[f"best_{settings.metric}"] = sign * best["best_value"]
         metrics["best_epoch"] = best["best_epoch"]
         metrics["finished"] = epoch == settings.max_epochs
-        due = epoch % settings.checkpoint_every == 0 or epoch in settings.decision_epochs or metrics["finished"]
+        stop = not metrics["finished"] and patience_ran_out(epoch, best["best_epoch"], settings.patience)
+        if stop:
+            since = f"best at epoch {best['best_epoch']}" if best["best_epoch"] else "no finite value yet"
+            epochs = f"{settings.patience} epoch{'s' if settings.patience != 1 else ''}"
+            metrics[STOPPED_NO_IMPROVEMENT] = f"no improvement of {settings.metric} in {epochs} ({since})"
+        due = (epoch % settings.checkpoint_every == 0 or epoch in settings.decision_epochs or metrics["finished"]
+               or stop)
         snapshot = None
         if due and best["best_model"] is not None:
             models = [_cpu_copy(f.model.state_dict()) for f in folds]
@@ -163,6 +185,8 @@ def train_trial(
                      "optimizer": optimizers if len(folds) > 1 else optimizers[0], "rng": _rng_state(device), **best}
             snapshot = Snapshot(state=state, description=description)
         report(metrics, snapshot)
+        if stop:
+            return
 
 
 @dataclass
