@@ -229,6 +229,12 @@ class SearchConfig(_Strict):
     mode: Literal["min", "max"] | None = None  # default: min for losses/errors, max for accuracy/F1/R²
     num_samples: PositiveInt = 50
     max_concurrent: PositiveInt = 4
+    # What a seed fixes: told as trials finish, the sampler's history depends on which of the max_concurrent running
+    # trials ends first, so two runs of one config differ once max_concurrent > 1. true: trials are told in the
+    # order they were asked and trial i waits until trials 0..i-max_concurrent are told (a slow trial holds new ones
+    # back), so FIFO searches repeat exactly; ASHA's stop decisions still follow arrival order (max_concurrent: 1
+    # repeats any search). Off by default: it costs throughput for a repeatability most searches do not need.
+    tell_in_order: StrictBool = False
     # Retries (from the last checkpoint) of a trial whose worker died. At most 100: a trial that fails every time
     # would otherwise be retried for ever.
     max_failures: int = Field(default=2, ge=0, le=100)

@@ -71,9 +71,70 @@ def _is_finite(value: Any) -> bool:
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that reports per-epoch values and tells early-stopped trials as PRUNED."""
+    """``OptunaSearch`` that reports per-epoch values and tells early-stopped trials as PRUNED.
+
+    ``in_order=c`` (``search.tell_in_order``, with ``c`` the number of trials running at once) makes what the
+    sampler sees independent of the order in which trials finish: trial ``i`` (in the order trials were asked) is
+    asked only once trials ``0 .. i-c`` are told, and trial ``j`` is told (its per-epoch values, then its end) only
+    once every earlier trial is told and trial ``j+c-1`` has been asked (or the last of ``num_samples`` has). So
+    every ask sees exactly trials ``0 .. i-c`` finished and ``i-c+1 .. i-1`` running, whatever the timing; with a
+    seeded sampler the same results give the same suggestions. The price: a slow trial holds back new ones (a
+    suggestion of None makes Tune wait), so fewer than ``c`` trials may run at times. What the trials *report*
+    must itself not depend on timing: true under FIFO; ASHA's stop decisions depend on arrival order (see
+    docs/config.md, ``search.tell_in_order``).
+    """
+
+    # Class defaults: a searcher pickled before these options existed (an older search resumed) runs without them.
+    in_order: int | None = None
+    num_samples: int | None = None
+
+    def __init__(self, *args: Any, in_order: int | None = None, num_samples: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_order, self.num_samples = in_order, num_samples
+        self._asked: list[str] = []  # trial ids in the order they were asked (in_order only)
+        self._held: dict[str, list[dict]] = {}  # results of trials not told yet
+        self._ended: dict[str, tuple[dict | None, bool]] = {}  # trials that ended but are not told yet
+        self._n_told = 0  # trials 0 .. _n_told-1 of _asked are told
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if not self.in_order or trial_id in self._ot_trials:
+            return super().suggest(trial_id)
+        if len(self._asked) - self.in_order >= self._n_told:
+            return None  # trial i waits until trials 0 .. i-c are told
+        config = super().suggest(trial_id)
+        self._asked.append(trial_id)
+        self._tell_ready()
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.in_order and trial_id in self._held:
+            self._held[trial_id].append(result)
+        elif self.in_order and trial_id in self._asked and trial_id not in self._completed_trials:
+            self._held[trial_id] = [result]
+        else:
+            self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self.in_order and trial_id in self._asked and trial_id not in self._completed_trials:
+            self._ended.setdefault(trial_id, (result, error))
+            self._tell_ready()
+        else:
+            self._tell(trial_id, result, error)
+
+    def _tell_ready(self) -> None:
+        """Tell, in asking order, every ended trial whose turn has come (see the class docstring)."""
+        while self._n_told < len(self._asked):
+            trial_id = self._asked[self._n_told]
+            all_asked = self.num_samples is not None and len(self._asked) >= self.num_samples
+            if trial_id not in self._ended or (self._n_told + self.in_order > len(self._asked) and not all_asked):
+                return
+            for result in self._held.pop(trial_id, []):
+                self._report(trial_id, result)
+            self._tell(trial_id, *self._ended.pop(trial_id))
+            self._n_told += 1
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or isinstance(self.metric, (list, tuple)):
             return  # Optuna keeps intermediate values for single-objective studies only
         for epoch in expand_epochs(result):  # one report may carry several short epochs
@@ -81,7 +142,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             if _is_finite(value):
                 self._ot_trials[trial_id].report(float(value), epoch_number(epoch))
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         state, value = trial_outcome(result, error, self.metric)

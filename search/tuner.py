@@ -453,6 +453,8 @@ def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tu
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed),
+            in_order=cfg.search.max_concurrent if cfg.search.tell_in_order else None,
+            num_samples=cfg.search.num_samples,
         ),
         max_concurrent=cfg.search.max_concurrent,
     )

@@ -232,3 +232,10 @@ def test_patience_is_off_by_default_and_set_in_epochs():
     assert parse_config(copy.deepcopy(BASE)).scheduler.patience is None
     cfg = parse_config(apply_overrides(copy.deepcopy(BASE), ["scheduler.patience=3", "scheduler.type=fifo"]))
     assert cfg.scheduler.patience == 3
+
+
+def test_tell_in_order_is_off_by_default_and_a_boolean():
+    assert parse_config(copy.deepcopy(BASE)).search.tell_in_order is False
+    assert parse_config(with_change("search.tell_in_order", True)).search.tell_in_order is True
+    with pytest.raises(ConfigError, match=r"^search.tell_in_order: "):
+        parse_config(with_change("search.tell_in_order", "yes please"))

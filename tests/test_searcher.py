@@ -129,3 +129,35 @@ def test_a_trial_patience_stopped_is_told_as_pruned():
     (trial,) = s._ot_study.get_trials(deepcopy=False)
     assert trial.state == TrialState.PRUNED  # like an ASHA stop: its intermediate values are what TPE learns from
     assert trial.intermediate_values == {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.7}
+
+
+def simulate(in_order: int | None, pick, n: int = 12, c: int = 2) -> list[dict]:
+    """A search of ``n`` trials, ``c`` at a time, whose running trial ``pick(running)`` finishes next; each trial's
+    loss is a fixed function of its parameters. Returns the configurations in the order they were asked."""
+    cfg = parse_config(load_yaml("digits.yaml"))
+    s = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
+                                 sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+                                 in_order=in_order, num_samples=n)
+    configs, running = [], []
+    while len(configs) < n or running:
+        while len(configs) < n and len(running) < c:
+            trial_id = f"t{len(configs)}"
+            config = s.suggest(trial_id)
+            if config is None:
+                break
+            configs.append(config)
+            running.append((trial_id, config))
+        trial_id, config = running.pop(pick(running))
+        loss = abs(math.log10(config["lr"]) + 2.5) + config["dropout"]
+        s.on_trial_result(trial_id, {"epoch": 1, "val_loss": loss + 0.5, "best_val_loss": loss + 0.5, "finished": False})
+        s.on_trial_complete(trial_id, {"epoch": 2, "val_loss": loss, "best_val_loss": loss, "finished": True})
+    states = [t.state for t in s._ot_study.get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE] * n  # every trial told, the last ones included
+    return configs
+
+
+def test_told_in_order_the_sampler_sees_the_same_history_whatever_finishes_first():
+    oldest_first, newest_first = (lambda running: 0), (lambda running: len(running) - 1)
+    assert simulate(2, oldest_first) == simulate(2, newest_first)
+    # The premise: told as they arrive, the same seed gives different trials when the finishing order differs.
+    assert simulate(None, oldest_first) != simulate(None, newest_first)
