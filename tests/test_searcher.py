@@ -161,3 +161,22 @@ def test_told_in_order_the_sampler_sees_the_same_history_whatever_finishes_first
     assert simulate(2, oldest_first) == simulate(2, newest_first)
     # The premise: told as they arrive, the same seed gives different trials when the finishing order differs.
     assert simulate(None, oldest_first) != simulate(None, newest_first)
+
+
+def test_ordered_state_survives_save_and_restore(tmp_path):
+    """Tune saves the searcher with the experiment state: held-back results and the asking order come back."""
+    cfg = parse_config(load_yaml("digits.yaml"))
+    s = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
+                                 sampler=make_sampler("tpe", 0), in_order=2, num_samples=3)
+    s.suggest("a"), s.suggest("b")
+    assert s.suggest("c") is None  # a is not told yet
+    s.on_trial_result("b", {"epoch": 1, "val_loss": 0.7, "finished": False})
+    s.on_trial_complete("b", {"epoch": 1, "val_loss": 0.7, "best_val_loss": 0.7, "finished": True})
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = PruningAwareOptunaSearch()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("a", {"epoch": 1, "val_loss": 0.9, "best_val_loss": 0.9, "finished": True})
+    assert restored.suggest("c") is not None  # a is told; b waits for c to be asked, then is told
+    a, b, c = restored._ot_study.get_trials(deepcopy=False)
+    assert (a.state, b.state, c.state) == (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING)
+    assert b.intermediate_values == {1: 0.7}
