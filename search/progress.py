@@ -47,7 +47,8 @@ class ProgressPrinter(tune.Callback):
         finished = (trial.last_result or {}).get("finished", False)
         self.counts["completed" if finished else "stopped"] += 1
         patience = (trial.last_result or {}).get("stopped_no_improvement")
-        self._print(trials, trial, "completed" if finished else "stopped (no improvement)" if patience else "stopped early")
+        stopped = "stopped (no improvement)" if patience else "stopped early"
+        self._print(trials, trial, "completed" if finished else stopped)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.counts["failed"] += 1

@@ -122,10 +122,11 @@ def test_a_trial_patience_stopped_is_told_as_pruned():
     s = searcher()
     s.suggest("patience")
     for epoch, loss in enumerate([0.9, 0.5, 0.6, 0.7], start=1):
-        s.on_trial_result("patience", {"epoch": epoch, "val_loss": loss, "best_val_loss": min(0.9, 0.5 if epoch > 1 else 0.9),
+        s.on_trial_result("patience", {"epoch": epoch, "val_loss": loss, "best_val_loss": 0.9 if epoch == 1 else 0.5,
                                        "finished": False, "training_iteration": epoch})
-    s.on_trial_complete("patience", {"epoch": 4, "val_loss": 0.7, "best_val_loss": 0.5, "best_epoch": 2, "finished": False,
-                                     "stopped_no_improvement": "no improvement of val_loss in 2 epochs (best at epoch 2)"})
+    s.on_trial_complete("patience", {
+        "epoch": 4, "val_loss": 0.7, "best_val_loss": 0.5, "best_epoch": 2, "finished": False,
+        "stopped_no_improvement": "no improvement of val_loss in 2 epochs (best at epoch 2)"})
     (trial,) = s._ot_study.get_trials(deepcopy=False)
     assert trial.state == TrialState.PRUNED  # like an ASHA stop: its intermediate values are what TPE learns from
     assert trial.intermediate_values == {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.7}
@@ -149,7 +150,8 @@ def simulate(in_order: int | None, pick, n: int = 12, c: int = 2) -> list[dict]:
             running.append((trial_id, config))
         trial_id, config = running.pop(pick(running))
         loss = abs(math.log10(config["lr"]) + 2.5) + config["dropout"]
-        s.on_trial_result(trial_id, {"epoch": 1, "val_loss": loss + 0.5, "best_val_loss": loss + 0.5, "finished": False})
+        first = {"epoch": 1, "val_loss": loss + 0.5, "best_val_loss": loss + 0.5, "finished": False}
+        s.on_trial_result(trial_id, first)
         s.on_trial_complete(trial_id, {"epoch": 2, "val_loss": loss, "best_val_loss": loss, "finished": True})
     states = [t.state for t in s._ot_study.get_trials(deepcopy=False)]
     assert states == [TrialState.COMPLETE] * n  # every trial told, the last ones included
