@@ -297,6 +297,11 @@ class ResourcesConfig(_Strict):
 
     cpus_per_trial: float = Field(default=1, gt=0, allow_inf_nan=False)
     gpus_per_trial: float = Field(default=0, ge=0)
+    # Packed trials: up to this many compatible trials (same depth, activation, norm, optimizer and batch size;
+    # widths in one bucket) train together in one worker as one stacked computation (search.packing). Each stays a
+    # trial in every sense (its own Optuna trial, MLflow run, checkpoint and ASHA decisions). The workers are
+    # ceil(search.max_concurrent / pack), each holding cpus_per_trial CPUs (and gpus_per_trial GPU). 1: off.
+    pack: int = Field(default=1, ge=1, le=64)
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -407,6 +412,16 @@ class HpsConfig(_Strict):
                              f"trained on {folds - 1} of {folds} folds; what is tested is retrained on all of them")
         if self.evaluate.refit is None:  # a copy: the default EvaluateConfig instance may be shared
             self.evaluate = self.evaluate.model_copy(update={"refit": folds is not None})
+        return self
+
+    @model_validator(mode="after")
+    def _packs_need_one_split(self) -> HpsConfig:
+        if self.resources.pack > 1 and self.data.split.folds:
+            raise ValueError(f"resources.pack: {self.resources.pack} cannot go with data.split.folds: "
+                             f"{self.data.split.folds}: a cross-validated trial trains a model per fold (set pack: 1)")
+        if self.resources.pack > 1 and self.training.compile:
+            raise ValueError(f"resources.pack: {self.resources.pack} cannot go with training.compile: packed trials "
+                             "train as one stacked computation, which is not compiled (set pack: 1 or compile: false)")
         return self
 
     @model_validator(mode="after")
