@@ -87,7 +87,8 @@ def host_cpus() -> int:
 
 def concurrent_trials(cfg: HpsConfig) -> int:
     """Trials that run at once on this host: the searcher's limit, the trial count and the CPUs they need."""
-    by_cpu = max(1, math.floor(host_cpus() / cfg.resources.cpus_per_trial))
+    # Packed trials share a worker's CPUs, `pack` trials to a worker.
+    by_cpu = max(1, math.floor(host_cpus() / cfg.resources.cpus_per_trial)) * cfg.resources.pack
     return max(1, min(cfg.search.max_concurrent, cfg.search.num_samples, by_cpu))
 
 

@@ -19,6 +19,7 @@ alive its next request fails and Tune retries it from its last checkpoint.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import tempfile
 import threading
@@ -31,11 +32,11 @@ import torch
 from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.device import prepare_device, trial_device
+from trainables.device import trial_device
 from trainables.packed import Pack, pack_key
 from trainables.reporting import EpochBatcher
 from trainables.splitting import TrialData
-from trainables.train import Snapshot, TrainSettings
+from trainables.train import Progress, Snapshot, Solo, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class _Slot:
     """One pack and the ids of its members."""
 
     key: tuple
-    pack: Pack
+    pack: Pack | Solo
     ids: set[str] = field(default_factory=set)
 
 
@@ -69,9 +70,9 @@ class PackServer:
 
     def __init__(self, data: TrialData, settings: TrainSettings, pack_size: int) -> None:
         torch.set_num_threads(max(1, settings.num_threads))
-        device = trial_device(ray.get_gpu_ids())
-        self.device = prepare_device(device, settings.gpu_share)
-        self.data, self.settings, self.pack_size = data, TrainSettings(**{**settings.__dict__, "device": self.device}), pack_size
+        self.device = trial_device(ray.get_gpu_ids())
+        self.data, self.pack_size = data, pack_size
+        self.settings = TrainSettings(**{**settings.__dict__, "device": self.device})
         self.members: dict[str, _Member] = {}
         self.slots: list[_Slot] = []
         self.changes: list[tuple] = []  # joins and leaves, applied by the training thread between steps
@@ -83,19 +84,23 @@ class PackServer:
     # ---- called by trials and the driver ----
     def load(self, params: dict) -> tuple[int, int]:
         """How well a configuration fits here: (0 if a pack of its kind has room else 1, members held)."""
-        key = pack_key(params, self.data)
+        key = pack_key(params, self.data, self.device)
         with self.cond:
             room = key is not None and any(s.key == key and len(s.ids) < self.pack_size for s in self.slots)
             return (0 if room else 1, len(self.members) + len(self.changes))
 
-    def join(self, member_id: str, params: dict, resume: dict | None) -> dict:
-        """Add a member (a retried trial replaces its earlier self); returns where it trains."""
+    def join(self, member_id: str, params: dict, resume: dict | None) -> dict | None:
+        """Add a member (a retried trial replaces its earlier self); returns where it trains, or None when it has no
+        epoch left to train. A configuration the server cannot hold raises here, failing its trial."""
+        outcome: dict = {}
         done = threading.Event()
         with self.cond:
-            self.changes.append(("join", member_id, params, resume, done))
+            self.changes.append(("join", member_id, params, resume, (done, outcome)))
             self.cond.notify_all()
         done.wait()
-        return self.placement
+        if "error" in outcome:
+            raise outcome["error"]
+        return self.placement if outcome["trains"] else None
 
     def leave(self, member_id: str) -> None:
         """Drop a member whose trial ended; unknown ids are ignored (the trial was held by another server)."""
@@ -143,9 +148,10 @@ class PackServer:
             return
         with self.cond:
             for member_id, (metrics, snapshot) in results.items():
+                metrics["pack_members"] = len(results)  # recorded per epoch: how many trials trained together
                 member = self.members[member_id]
                 member.result, member.waiting_since = (metrics, snapshot), None
-                if metrics.get("finished") or metrics.get("diverged") or metrics.get("stopped"):
+                if Progress.ends(metrics):  # the pack has let it go already
                     self._remove(member_id, None)
             self.cond.notify_all()
 
@@ -155,19 +161,31 @@ class PackServer:
             if change[0] == "leave":
                 self._remove(change[1], None)
                 continue
-            _, member_id, params, resume, done = change
+            _, member_id, params, resume, (done, outcome) = change
             try:
                 self._remove(member_id, None)
-                key = pack_key(params, self.data) or ("alone", member_id)
-                slot = next((s for s in self.slots if s.key == key and len(s.ids) < self.pack_size), None)
-                if slot is None:
-                    slot = _Slot(key, Pack())
-                    self.slots.append(slot)
-                slot.pack.add(member_id, params, self.data, self.settings, resume)
-                slot.ids.add(member_id)
-                self.members[member_id] = _Member(key, slot)
+                outcome["trains"] = self._place(member_id, params, resume)
+            except Exception as exc:  # noqa: BLE001 - handed to the joining trial, which fails with it
+                outcome["error"] = exc
             finally:
                 done.set()
+
+    def _place(self, member_id: str, params: dict, resume: dict | None) -> bool:
+        key = pack_key(params, self.data, self.device)
+        slot = None
+        if key is not None:
+            slot = next((s for s in self.slots if s.key == key and len(s.ids) < self.pack_size), None)
+        if slot is None:  # a new pack; a configuration that does not pack trains alone beside the packs
+            s = self.settings
+            slot = _Slot(key or ("alone", member_id),
+                         Pack(self.device, s.amp, s.gpu_share, s.stream) if key is not None else Solo())
+        if not slot.pack.add(member_id, params, self.data, self.settings, resume):
+            return False
+        if slot not in self.slots:
+            self.slots.append(slot)
+        slot.ids.add(member_id)
+        self.members[member_id] = _Member(slot.key, slot)
+        return True
 
     def _remove(self, member_id: str, reason: str | None) -> None:
         member = self.members.pop(member_id, None)
@@ -190,15 +208,22 @@ class PackServer:
         self.cond.notify_all()
 
 
-def server_names(search_name: str, slots: int) -> tuple[str, ...]:
-    """Actor names of a search's pack servers, stable across `hps resume` (the release callback is restored
-    with the Tuner and finds the new servers by name)."""
-    token = uuid.uuid5(uuid.NAMESPACE_URL, search_name).hex[:12]
+def server_names(search_root: str, slots: int) -> tuple[str, ...]:
+    """Actor names of a search's pack servers: unique to its experiment folder and stable across `hps resume` (the
+    release callback is restored with the Tuner and finds the new servers by name)."""
+    token = uuid.uuid5(uuid.NAMESPACE_URL, search_root).hex[:12]
     return tuple(f"hps-pack-{token}-{i}" for i in range(slots))
 
 
+def pack_slots(max_concurrent: int, pack: int) -> int:
+    """Pack servers a search starts: enough to hold ``max_concurrent`` trials ``pack`` at a time."""
+    return math.ceil(max_concurrent / pack)
+
+
 class PackServers:
-    """The pack servers of one search, started before Tune and killed after it (a context manager)."""
+    """The pack servers of one search, started before Tune and killed after it (a context manager). Each holds
+    the GPU share a trial would (Ray's logical CPUs stay with the trials, ``cpus_per_trial / pack`` each, so the
+    slot's CPUs are accounted once); it trains with ``settings.num_threads`` threads."""
 
     def __init__(self, names: tuple[str, ...], data, settings: TrainSettings, pack_size: int, gpus: float) -> None:
         self.names, self.handles = names, []
@@ -208,12 +233,18 @@ class PackServers:
         for name in names:
             self.handles.append(actor.options(name=name).remote(data_ref, settings, pack_size))
 
-    def __enter__(self) -> PackServers:
-        return self
+    def __enter__(self) -> tuple[str, ...]:
+        return self.names
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             ray.kill(handle)
+
+
+def packed_trainable(settings: TrainSettings, servers: tuple[str, ...], cpus_per_trial: float, pack: int):
+    """The Tune trainable of a packed search: :func:`packed_trial` with its settings and its share of a slot's CPUs."""
+    return tune.with_resources(tune.with_parameters(packed_trial, settings=settings, servers=servers),
+                               {"cpu": cpus_per_trial / pack, "gpu": 0})
 
 
 def packed_trial(config: dict, settings: TrainSettings, servers: tuple[str, ...]) -> None:
@@ -228,6 +259,8 @@ def packed_trial(config: dict, settings: TrainSettings, servers: tuple[str, ...]
     loads = ray.get([h.load.remote(config) for h in handles])
     server = handles[min(range(len(handles)), key=loads.__getitem__)]
     placement = ray.get(server.join.remote(trial_id, config, resume))
+    if placement is None:
+        return  # restored after its last epoch: nothing left to train
 
     def send(metrics: dict, snapshot: Snapshot | None) -> None:
         if snapshot is None:
@@ -240,8 +273,8 @@ def packed_trial(config: dict, settings: TrainSettings, servers: tuple[str, ...]
     report = EpochBatcher(send, settings.report_interval_s, settings.decision_epochs)
     while True:
         metrics, snapshot = ray.get(server.next_epoch.remote(trial_id))
-        report({**metrics, **placement, "packed": True}, snapshot)
-        if metrics.get("finished") or metrics.get("diverged") or metrics.get("stopped"):
+        report({**metrics, **placement}, snapshot)
+        if Progress.ends(metrics):
             return
 
 

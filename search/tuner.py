@@ -5,6 +5,7 @@ checked before Ray starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from search.config import HpsConfig, check_metric_for_task, config_to_yaml, pars
 from search.capacity import check_this_host
 from search.dataset import split_from_config, with_absolute_source
 from search.leaderboard import leaderboard, trial_runs
+from search.packing import PackRelease, PackServers, pack_slots, packed_trainable, server_names
 from search.progress import ProgressPrinter
 from search.report import write_report
 from search.connection import connect
@@ -110,11 +112,11 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
     _write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
                                              "tracking_uri": cfg.tracking.uri})
-    search = _Search(cfg, client, exp_id, parent, storage_path)
+    search = _Search(cfg, client, exp_id, parent, storage_path, split.trial_folds())
 
-    def make_tuner() -> tune.Tuner:
+    def make_tuner(servers: tuple[str, ...] | None) -> tune.Tuner:
         logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root)
-        return _build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)])
+        return _build_tuner(cfg, search.data, storage_path, [logger, ProgressPrinter(cfg)], servers)
 
     return _execute(search, make_tuner, address)
 
@@ -145,10 +147,10 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
         raise DataError(f"the data changed since the search started (split fingerprint {split.fingerprint} != "
                         f"{recorded}); it cannot be resumed on different data")
     client.update_run(parent, status="RUNNING")
-    search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path, given_up)
+    search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path, split.trial_folds(), given_up)
 
-    def make_tuner() -> tune.Tuner:
-        trainable = _trainable(cfg, split.trial_folds())
+    def make_tuner(servers: tuple[str, ...] | None) -> tune.Tuner:
+        trainable = _trainable(cfg, search.data, servers)
         # Errored trials stay errored (retries already happened); unfinished ones continue from checkpoints.
         return tune.Tuner.restore(_experiment_path(storage_path, name), trainable=trainable,
                                   resume_unfinished=True, resume_errored=False)
@@ -163,6 +165,7 @@ class _Search:
     exp_id: str
     parent: str
     storage_path: str
+    data: Any  # what trials train on: one TrialData, or one per cross-validation fold
     given_up: list[dict] = field(default_factory=list)  # MLflow writes given up so far (replayed ones included)
     keep: set[str] = field(default_factory=set)  # trials whose checkpoints must outlive the search (model not in MLflow)
 
@@ -179,7 +182,8 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
     quick_failing_http()
     try:
         started_ray = _init_ray(address)
-        results = make_tuner().fit()
+        with _pack_servers(search) as servers:
+            results = make_tuner(servers).fit()
         logger = LOGGERS.pop(parent, None)
         interrupted = _was_interrupted(results, cfg, logger)
         if logger is not None:
@@ -395,9 +399,30 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-def _trainable(cfg: HpsConfig, data):
-    """The shared trainable with the data in Ray's object store (once) and this search's settings and resources."""
-    settings = TrainSettings(
+def _pack_servers(search: _Search):
+    """The search's pack servers (``resources.pack`` > 1) as a context manager giving their names; else None."""
+    cfg = search.cfg
+    if cfg.resources.pack == 1:
+        return contextlib.nullcontext(None)
+    names = server_names(search.root, pack_slots(cfg.search.max_concurrent, cfg.resources.pack))
+    return PackServers(names, search.data, _settings(cfg), cfg.resources.pack, cfg.resources.gpus_per_trial)
+
+
+def _trainable(cfg: HpsConfig, data, servers: tuple[str, ...] | None = None):
+    """The shared trainable with the data in Ray's object store (once) and this search's settings and resources;
+    with pack servers, the thin trial that trains in them."""
+    settings = _settings(cfg)
+    if servers is not None:
+        return packed_trainable(settings, servers, cfg.resources.cpus_per_trial, cfg.resources.pack)
+    return tune.with_resources(
+        tune.with_parameters(tune_trainable, data=data, settings=settings),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+
+
+def _settings(cfg: HpsConfig) -> TrainSettings:
+    """How every trial of ``cfg`` trains (as opposed to what: its hyperparameters)."""
+    return TrainSettings(
         max_epochs=cfg.scheduler.max_epochs,
         metric=cfg.search.metric,
         seed=cfg.training_seed,
@@ -409,10 +434,6 @@ def _trainable(cfg: HpsConfig, data):
         gpu_share=cfg.resources.gpus_per_trial if 0 < cfg.resources.gpus_per_trial < 1 else 1.0,
         decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
         patience=cfg.scheduler.patience,
-    )
-    return tune.with_resources(
-        tune.with_parameters(tune_trainable, data=data, settings=settings),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
 
 
@@ -444,8 +465,11 @@ class SchedulerState(tune.Callback):
         self.scheduler.__dict__.update(state)
 
 
-def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tune.Tuner:
-    trainable = _trainable(cfg, data)
+def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list,
+                 servers: tuple[str, ...] | None = None) -> tune.Tuner:
+    trainable = _trainable(cfg, data, servers)
+    if servers is not None:  # restored with the Tuner on resume: it finds that run's servers by their names
+        callbacks = [*callbacks, PackRelease(servers)]
     searcher = ConcurrencyLimiter(
         # With a define-by-run space OptunaSearch ignores the metric/mode Tune passes on: give them here too.
         PruningAwareOptunaSearch(

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -112,7 +112,19 @@ def train_trial(
     report: Report,
     resume: dict | None = None,
 ) -> None:
-    """Train one configuration for up to ``settings.max_epochs`` epochs, reporting once per epoch.
+    """Train one configuration, handing each epoch's ``(metrics, snapshot)`` of :func:`trial_epochs` to ``report``."""
+    for metrics, snapshot in trial_epochs(params, data, settings, resume):
+        report(metrics, snapshot)
+
+
+def trial_epochs(
+    params: dict,
+    data: TrialData | Sequence[TrialData],
+    settings: TrainSettings,
+    resume: dict | None = None,
+) -> Iterator[tuple[dict, Snapshot | None]]:
+    """Train one configuration for up to ``settings.max_epochs`` epochs, yielding each epoch's metrics and, when a
+    checkpoint is due, a :class:`Snapshot`.
 
     ``data`` is one train/validation split, or one per cross-validation fold: then a model is trained on each fold
     in lockstep, and each epoch's metrics are their means over the folds (weighted by the folds' sizes), plus the
@@ -151,7 +163,7 @@ def train_trial(
             if evaluation is None:
                 # A diverged trial cannot recover; retrying it would diverge again. It ends here, reported as such
                 # (worst possible value, so schedulers rank it last), instead of raising and being retried.
-                report(progress.diverged(epoch, divergence_reason(train_loss)), None)
+                yield progress.diverged(epoch, divergence_reason(train_loss)), None
                 return
             results.append({"train_loss": train_loss, **evaluation})
         metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds])}
@@ -167,9 +179,48 @@ def train_trial(
             state = progress.state(epoch, models if len(folds) > 1 else models[0],
                                    optimizers if len(folds) > 1 else optimizers[0], _rng_state(device))
             snapshot = Snapshot(state=state, description=description)
-        report(metrics, snapshot)
+        yield metrics, snapshot
         if progress.ends(metrics):
             return
+
+
+class Solo:
+    """A trial that trains alone, one epoch per :meth:`step`, behind :class:`trainables.packed.Pack`'s interface: a
+    pack server holds the configurations that do not pack beside its packs."""
+
+    def __init__(self) -> None:
+        self.member_id: Hashable | None = None
+        self.epochs: Iterator | None = None
+
+    def __len__(self) -> int:
+        return int(self.epochs is not None)
+
+    def add(self, member_id: Hashable, params: dict, data: TrialData, settings: TrainSettings,
+            resume: dict | None = None) -> bool:
+        """Hold this trial (one at most); False when it has no epoch left to train."""
+        if self.epochs is not None:
+            raise ValueError("a Solo holds one trial")
+        if resume is not None and int(resume["epoch"]) >= settings.max_epochs:
+            return False
+        self.member_id, self.epochs = member_id, trial_epochs(params, data, settings, resume)
+        return True
+
+    def remove(self, member_id: Hashable) -> bool:
+        """Drop the trial; False if it is not the one held."""
+        if self.epochs is None or member_id != self.member_id:
+            return False
+        self.epochs.close()
+        self.epochs = None
+        return True
+
+    def step(self) -> dict[Hashable, tuple[dict, Snapshot | None]]:
+        """Train the next epoch: ``{member_id: (metrics, snapshot)}``; the trial leaves after its last report."""
+        if self.epochs is None:
+            return {}
+        metrics, snapshot = next(self.epochs)
+        if Progress.ends(metrics):
+            self.remove(self.member_id)
+        return {self.member_id: (metrics, snapshot)}
 
 
 class Progress:

@@ -1,0 +1,109 @@
+"""Packed trials end to end (real `mlflow server`, real Ray): a search whose trials train together in pack servers,
+each still a trial in every sense — its own Optuna trial, MLflow child run with per-epoch metrics and model,
+checkpoints, ASHA decisions — and exactly the metrics the same configuration gets trained alone."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.config import ConfigError, parse_config
+from search.dataset import split_from_config
+from search.evaluate import evaluate_search
+from search.leaderboard import leaderboard, trial_runs
+from search.packing import pack_slots, server_names
+from search.tuner import run_search
+from tests.conftest import load_yaml, shrink
+from trainables.train import TrainSettings, train_trial
+
+pytestmark = pytest.mark.slow
+NUM_SAMPLES, MAX_EPOCHS, PACK = 8, 6, 4
+# Trials that pack: one depth, activation, norm, optimizer and batch size; widths within one bucket (33-64 → 64);
+# no dropout, so a packed member must equal its configuration trained alone.
+PACKING_SPACE = {
+    "n_layers": {"type": "int", "low": 2, "high": 2},
+    "units": {"type": "int", "low": 33, "high": 64, "per_layer": True},
+    "lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+    "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-3, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["adam"]},
+    "batch_size": {"type": "categorical", "choices": [64]},
+}
+
+
+def packed_config(name: str, uri: str) -> dict:
+    raw = shrink(load_yaml("digits.yaml"), name, uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
+    raw["space"] = PACKING_SPACE
+    raw["search"]["max_concurrent"] = 2 * PACK  # two pack servers of four
+    raw["scheduler"].update(grace_period=2, reduction_factor=2)
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0, "pack": PACK}
+    raw["training"] = {"checkpoint_every": 2, "report_interval_s": 0}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def packed(ray_session, mlflow_server, tmp_path_factory):
+    cfg = parse_config(packed_config("it-packed", mlflow_server))
+    outcome = run_search(cfg, storage=str(tmp_path_factory.mktemp("storage")))
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(outcome.parent_run_id)
+    return cfg, client, parent, trial_runs(client, parent)
+
+
+def test_every_packed_trial_is_a_trial_with_its_own_run_metrics_and_model(packed):
+    cfg, client, parent, children = packed
+    assert parent.info.status == "FINISHED"
+    assert len(children) == NUM_SAMPLES and all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        last = int(child.data.tags["hps.last_epoch"])
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == list(range(1, last + 1))
+        assert child.data.tags["hps.model"] == "uploaded"
+    # Trials really trained together: some epochs were trained by a pack of several members.
+    sizes = [m.value for c in children for m in client.get_metric_history(c.info.run_id, "pack_members")]
+    assert max(sizes) > 1
+
+
+def test_asha_decides_for_each_member(packed):
+    _, _, parent, children = packed
+    outcomes = {c.data.tags["hps.outcome"] for c in children}
+    assert {"stopped_early", "completed"} <= outcomes
+    assert parent.data.tags["hps.n_stopped_early"] != "0"
+
+
+def test_a_packed_member_trains_exactly_as_its_configuration_alone(packed):
+    cfg, client, parent, children = packed
+    board = leaderboard(client, parent)
+    best = next(c for c in children if c.info.run_id == board.iloc[0]["run_id"])
+    params = {k: yaml.safe_load(v) for k, v in best.data.params.items()}
+    data = split_from_config(cfg).trial_folds()
+    alone: list[dict] = []
+    settings = TrainSettings(max_epochs=int(best.data.tags["hps.last_epoch"]), metric=cfg.search.metric,
+                             seed=cfg.training_seed)
+    train_trial(params, data, settings, lambda metrics, snapshot: alone.append(metrics))
+    packed_history = sorted(client.get_metric_history(best.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.step for m in packed_history] == [m["epoch"] for m in alone]
+    for recorded, solo in zip(packed_history, alone):
+        assert recorded.value == pytest.approx(solo["val_loss"], rel=1e-4, abs=1e-5)
+
+
+def test_the_chosen_packed_trial_is_evaluated_like_any_other(packed, mlflow_server):
+    evaluation = evaluate_search(mlflow_server, "it-packed")
+    assert 0.5 < evaluation.metrics["test_accuracy"] <= 1.0
+
+
+def test_pack_servers_are_named_per_search_and_cover_the_concurrency():
+    assert pack_slots(8, 4) == 2 and pack_slots(9, 4) == 3 and pack_slots(2, 8) == 1
+    a, b = server_names("/runs/a", 2), server_names("/runs/b", 2)
+    assert len(set(a)) == 2 and not set(a) & set(b) and server_names("/runs/a", 2) == a
+
+
+def test_packing_refuses_folds_and_compile(mlflow_server):
+    raw = packed_config("bad", mlflow_server)
+    raw["data"]["split"] = {"test": 0.2, "folds": 3, "seed": 0}
+    with pytest.raises(ConfigError, match="resources.pack"):
+        parse_config(raw)
+    raw = packed_config("bad", mlflow_server)
+    raw["training"]["compile"] = True
+    with pytest.raises(ConfigError, match="resources.pack"):
+        parse_config(raw)
