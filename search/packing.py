@@ -227,11 +227,13 @@ class PackServers:
 
     def __init__(self, names: tuple[str, ...], data, settings: TrainSettings, pack_size: int, gpus: float) -> None:
         self.names, self.handles = names, []
-        actor = ray.remote(PackServer).options(num_cpus=0, num_gpus=gpus, max_concurrency=MAX_CALLS,
-                                              scheduling_strategy="SPREAD")
-        data_ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
+        if isinstance(data, list | tuple):  # one validation split (packing refuses folds)
+            (data,) = data
+        actor = ray.remote(PackServer)
+        data_ref = ray.put(data)
         for name in names:
-            self.handles.append(actor.options(name=name).remote(data_ref, settings, pack_size))
+            self.handles.append(actor.options(name=name, num_cpus=0, num_gpus=gpus, max_concurrency=MAX_CALLS,
+                                              scheduling_strategy="SPREAD").remote(data_ref, settings, pack_size))
 
     def __enter__(self) -> tuple[str, ...]:
         return self.names

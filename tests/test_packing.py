@@ -22,12 +22,12 @@ NUM_SAMPLES, MAX_EPOCHS, PACK = 8, 6, 4
 # Trials that pack: one depth, activation, norm, optimizer and batch size; widths within one bucket (33-64 → 64);
 # no dropout, so a packed member must equal its configuration trained alone.
 PACKING_SPACE = {
-    "n_layers": {"type": "int", "low": 2, "high": 2},
+    "n_layers": 2,
     "units": {"type": "int", "low": 33, "high": 64, "per_layer": True},
     "lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
     "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-3, "log": True},
-    "optimizer": {"type": "categorical", "choices": ["adam"]},
-    "batch_size": {"type": "categorical", "choices": [64]},
+    "optimizer": "adam",
+    "batch_size": 64,
 }
 
 
@@ -58,7 +58,7 @@ def test_every_packed_trial_is_a_trial_with_its_own_run_metrics_and_model(packed
         last = int(child.data.tags["hps.last_epoch"])
         history = client.get_metric_history(child.info.run_id, "val_loss")
         assert sorted(m.step for m in history) == list(range(1, last + 1))
-        assert child.data.tags["hps.model"] == "uploaded"
+        assert child.data.tags["hps.model"] == "model"  # the best epoch's model, uploaded
     # Trials really trained together: some epochs were trained by a pack of several members.
     sizes = [m.value for c in children for m in client.get_metric_history(c.info.run_id, "pack_members")]
     assert max(sizes) > 1
