@@ -1,19 +1,22 @@
 """Packed trials on Ray: every trial stays a Tune trial, while compatible trials train together as one stacked
 computation in a long-lived pack server.
 
-Each trial runs :func:`packed_trial`, a thin function with a small logical CPU request: it hands its configuration
-(and its checkpoint, when Tune restarts it) to one of the search's :class:`PackServer` actors, then asks for its
-next epoch again and again and reports each epoch's metrics (and checkpoint) with ``tune.report`` as an unpacked
-trial does. So Tune's scheduler (ASHA decides for each member at its rungs), the Optuna searcher, retries,
-checkpoints, ``hps resume`` and the MLflow callback all see ordinary trials.
+Each trial runs :func:`search.packed_trial.packed_trial`, a thin function with a small logical CPU request: it
+hands its configuration (and its checkpoint, when Tune restarts it) to one of the search's :class:`PackServer`
+actors, then collects the epochs trained for it and reports each one's metrics (and checkpoints) with
+``tune.report`` as an unpacked trial does. So Tune's scheduler (ASHA decides for each member at its rungs), the
+Optuna searcher, retries, checkpoints, ``hps resume`` and the MLflow callback all see ordinary trials.
 
-A server holds the CPU threads (and GPU) of one slot and trains the members it holds one epoch at a time: members
-whose configurations share a :func:`trainables.packed.pack_key` form a pack trained as one batched computation;
-a pack steps when every member in it has asked for its next epoch. Members join at epoch boundaries. A member
-leaves when its trial ends (finished, diverged) or when Tune ends it (an ASHA stop, an error): the driver's
-:class:`PackRelease` callback tells the server at once. A member that stops asking without its trial ending (a
-lost worker) is evicted after ``EVICT_AFTER_S`` so it cannot hold its pack back for ever; if its trial is still
-alive its next request fails and Tune retries it from its last checkpoint.
+A server holds the CPU threads (and GPU share) of one slot and trains the members it holds, one epoch per step:
+members whose configurations share a :func:`trainables.packed.pack_key` form a pack trained as one batched
+computation; a configuration that does not pack trains alone beside them (:class:`trainables.train.Solo`).
+Members join and leave between steps. The server trains ahead of what the trial has reported, except at the
+scheduler's decision epochs (ASHA's rungs): there a member waits until its trial has reported that epoch and asked
+for more, since Tune may stop it. A pack steps when none of its members waits. A member leaves when its trial ends
+(finished, diverged, out of patience) or when Tune ends it (an ASHA stop, an error: the driver's
+:class:`PackRelease` callback tells the server at once). A member whose trial stops asking without ending (a lost
+worker) is evicted after ``EVICT_AFTER_S`` so it cannot hold its pack back for ever; if that trial is still alive
+its next request fails and Tune retries it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -31,42 +34,51 @@ import ray
 import torch
 from ray import tune
 
+from search.packed_trial import packed_trial, read_files, write_files
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.device import trial_device
 from trainables.packed import Pack, pack_key
-from trainables.reporting import EpochBatcher
+from trainables.reporting import is_last_report
 from trainables.splitting import TrialData
-from trainables.train import Progress, Snapshot, Solo, TrainSettings
+from trainables.train import Snapshot, Solo, TrainSettings
 
 log = logging.getLogger(__name__)
 
 # How long a pack waits for a member that stopped asking for epochs (its trial ended without the driver's
 # callback reaching the server, or its worker was lost) before training the others without it.
 EVICT_AFTER_S = 60.0
-# A server answers many blocked `next_epoch` calls at once (one per member): Ray's threaded actor concurrency.
+# Epochs a member may be trained ahead of what its trial has collected: bounds the memory its queue holds.
+MAX_AHEAD = 64
+# A server answers many blocked `next_epochs` calls at once (one per member): Ray's threaded actor concurrency.
 MAX_CALLS = 1000
 
 
 @dataclass
-class _Member:
-    key: tuple
-    slot: _Slot
-    waiting_since: float | None = None
-    result: tuple | None = None
-    evicted: str | None = None
-
-
-@dataclass
 class _Slot:
-    """One pack and the ids of its members."""
+    """One pack (or one trial training alone) and the ids of its members."""
 
     key: tuple
     pack: Pack | Solo
     ids: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Member:
+    slot: _Slot
+    decision_epochs: frozenset[int]
+    queue: list[tuple[dict, dict | None]] = field(default_factory=list)  # trained, not yet collected
+    held: bool = False  # trained up to a decision epoch (or MAX_AHEAD): waits until its trial asks again
+    held_since: float = 0.0
+    gone: str | None = None  # why it left while its trial may still ask
+
+    def add(self, metrics: dict, files: dict | None) -> None:
+        self.queue.append((metrics, files))
+        if metrics.get("epoch") in self.decision_epochs or len(self.queue) >= MAX_AHEAD:
+            self.held, self.held_since = True, time.monotonic()
+
+
 class PackServer:
-    """A Ray actor (threaded) that trains the members it holds, pack by pack, one epoch per request."""
+    """A Ray actor (threaded) that trains the members it holds, pack by pack, one epoch per step."""
 
     def __init__(self, data: TrialData, settings: TrainSettings, pack_size: int) -> None:
         torch.set_num_threads(max(1, settings.num_threads))
@@ -81,7 +93,8 @@ class PackServer:
                           "device": str(self.device)}
         threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
 
-    # ---- called by trials and the driver ----
+    # ---- called by trials and the driver ----------------------------------------------------------------------
+
     def load(self, params: dict) -> tuple[int, int]:
         """How well a configuration fits here: (0 if a pack of its kind has room else 1, members held)."""
         key = pack_key(params, self.data, self.device)
@@ -89,9 +102,9 @@ class PackServer:
             room = key is not None and any(s.key == key and len(s.ids) < self.pack_size for s in self.slots)
             return (0 if room else 1, len(self.members) + len(self.changes))
 
-    def join(self, member_id: str, params: dict, resume: dict | None) -> dict | None:
-        """Add a member (a retried trial replaces its earlier self); returns where it trains, or None when it has no
-        epoch left to train. A configuration the server cannot hold raises here, failing its trial."""
+    def join(self, member_id: str, params: dict, resume: dict[str, bytes] | None) -> dict | None:
+        """Add a member (a retried trial replaces its earlier self), from its checkpoint's files if any. Returns
+        where it trains, or None when it has no epoch left. A configuration that cannot train here raises."""
         outcome: dict = {}
         done = threading.Event()
         with self.cond:
@@ -108,27 +121,30 @@ class PackServer:
             self.changes.append(("leave", member_id))
             self.cond.notify_all()
 
-    def next_epoch(self, member_id: str) -> tuple[dict, Snapshot | None]:
-        """Block until ``member_id``'s next epoch is trained; its metrics and, when a checkpoint is due, snapshot."""
+    def next_epochs(self, member_id: str) -> list[tuple[dict, dict | None]]:
+        """The epochs trained for ``member_id`` since it last asked (at least one; blocks until then): each one's
+        metrics and, when a checkpoint was due, the checkpoint's files."""
         with self.cond:
             member = self.members.get(member_id)
             if member is None:
                 raise RuntimeError(f"trial {member_id} holds no place in this pack server")
-            member.waiting_since = time.monotonic()
-            self.cond.notify_all()
-            while member.result is None and member.evicted is None:
+            if not member.queue and member.held:
+                member.held = False  # its trial has reported the decision epoch and goes on
+                self.cond.notify_all()
+            while not member.queue and member.gone is None:
                 self.cond.wait()
-            if member.result is None:
-                raise RuntimeError(member.evicted)
-            result, member.result = member.result, None
-            return result
+            if not member.queue:
+                raise RuntimeError(member.gone)
+            epochs, member.queue = member.queue, []
+            return epochs
 
-    # ---- the training thread ----
+    # ---- the training thread ----------------------------------------------------------------------------------
+
     def _train_forever(self) -> None:
         while True:
             with self.cond:
                 self._apply_changes()
-                ready = [s for s in self.slots if s.ids and all(self.members[i].waiting_since for i in s.ids)]
+                ready = [s for s in self.slots if s.ids and not any(self.members[i].held for i in s.ids)]
                 if not ready:
                     self._evict_stragglers()
                     self.cond.wait(timeout=1.0)
@@ -137,6 +153,7 @@ class PackServer:
                 self._step(slot)
 
     def _step(self, slot: _Slot) -> None:
+        started = time.monotonic()
         try:
             results = slot.pack.step()
         except Exception as exc:  # noqa: BLE001 - the pack's trials fail with the reason; Tune retries them
@@ -146,31 +163,37 @@ class PackServer:
                     self._remove(member_id, f"its pack failed: {type(exc).__name__}: {exc}")
                 self.cond.notify_all()
             return
+        timing = {"epoch_time_s": time.monotonic() - started, "epoch_end_time": time.time(),
+                  "pack_members": len(results)}  # how many trials trained together in this epoch
+        packed = [(member_id, {**metrics, **timing}, _files(snapshot))
+                  for member_id, (metrics, snapshot) in results.items()]
         with self.cond:
-            for member_id, (metrics, snapshot) in results.items():
-                metrics["pack_members"] = len(results)  # recorded per epoch: how many trials trained together
-                member = self.members[member_id]
-                member.result, member.waiting_since = (metrics, snapshot), None
-                if Progress.ends(metrics):  # the pack has let it go already
-                    self._remove(member_id, None)
+            for member_id, metrics, files in packed:
+                member = self.members.get(member_id)
+                if member is None:
+                    continue
+                member.add(metrics, files)
+                if is_last_report(metrics):  # the pack has let it go already; the queue is still collected
+                    self._remove(member_id, "its trial ended")
             self.cond.notify_all()
 
     def _apply_changes(self) -> None:
         changes, self.changes = self.changes, []
         for change in changes:
             if change[0] == "leave":
-                self._remove(change[1], None)
+                self._remove(change[1], "its trial ended")
+                self.members.pop(change[1], None)
                 continue
             _, member_id, params, resume, (done, outcome) = change
             try:
-                self._remove(member_id, None)
+                self._remove(member_id, "replaced by a retry of its trial")
                 outcome["trains"] = self._place(member_id, params, resume)
             except Exception as exc:  # noqa: BLE001 - handed to the joining trial, which fails with it
                 outcome["error"] = exc
             finally:
                 done.set()
 
-    def _place(self, member_id: str, params: dict, resume: dict | None) -> bool:
+    def _place(self, member_id: str, params: dict, files: dict[str, bytes] | None) -> bool:
         key = pack_key(params, self.data, self.device)
         slot = None
         if key is not None:
@@ -179,33 +202,49 @@ class PackServer:
             s = self.settings
             slot = _Slot(key or ("alone", member_id),
                          Pack(self.device, s.amp, s.gpu_share, s.stream) if key is not None else Solo())
+        resume = None
+        if files is not None:
+            with tempfile.TemporaryDirectory() as directory:
+                write_files(directory, files)
+                resume = load_checkpoint(directory)
         if not slot.pack.add(member_id, params, self.data, self.settings, resume):
             return False
         if slot not in self.slots:
             self.slots.append(slot)
         slot.ids.add(member_id)
-        self.members[member_id] = _Member(slot.key, slot)
+        self.members[member_id] = _Member(slot, self.settings.decision_epochs)
         return True
 
-    def _remove(self, member_id: str, reason: str | None) -> None:
-        member = self.members.pop(member_id, None)
-        if member is None:
+    def _remove(self, member_id: str, reason: str) -> None:
+        """Take a member out of its pack; it stays known (its queue collectable) until it is replaced or released."""
+        member = self.members.get(member_id)
+        if member is None or member.gone is not None:
             return
-        member.evicted = reason or "left its pack"  # wakes a request still waiting (a replaced, retried trial)
+        member.gone = reason
         member.slot.ids.discard(member_id)
         member.slot.pack.remove(member_id)
-        if not member.slot.ids:
+        if not member.slot.ids and member.slot in self.slots:
             self.slots.remove(member.slot)
+        if not member.queue:
+            self.members.pop(member_id, None)
 
     def _evict_stragglers(self) -> None:
         now = time.monotonic()
         for slot in list(self.slots):
-            waits = [self.members[i].waiting_since for i in slot.ids if self.members[i].waiting_since]
-            if waits and now - min(waits) > EVICT_AFTER_S:
-                for member_id in [i for i in slot.ids if not self.members[i].waiting_since]:
-                    log.warning("trial %s stopped asking for epochs; its pack goes on without it", member_id)
-                    self._remove(member_id, "evicted from its pack after not asking for an epoch")
+            stuck = [i for i in slot.ids if self.members[i].held and now - self.members[i].held_since > EVICT_AFTER_S]
+            for member_id in stuck if len(stuck) < len(slot.ids) else []:
+                log.warning("trial %s stopped asking for epochs; its pack goes on without it", member_id)
+                self._remove(member_id, "evicted from its pack after not asking for its next epoch")
         self.cond.notify_all()
+
+
+def _files(snapshot: Snapshot | None) -> dict[str, bytes] | None:
+    """A snapshot as the files of its checkpoint (what the trial reports to Tune)."""
+    if snapshot is None:
+        return None
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(directory, snapshot.state, snapshot.description)
+        return read_files(directory)
 
 
 def server_names(search_root: str, slots: int) -> tuple[str, ...]:
@@ -221,19 +260,19 @@ def pack_slots(max_concurrent: int, pack: int) -> int:
 
 
 class PackServers:
-    """The pack servers of one search, started before Tune and killed after it (a context manager). Each holds
-    the GPU share a trial would (Ray's logical CPUs stay with the trials, ``cpus_per_trial / pack`` each, so the
-    slot's CPUs are accounted once); it trains with ``settings.num_threads`` threads."""
+    """The pack servers of one search, started before Tune and killed after it (a context manager giving their
+    names). Each holds the GPU share a trial would; Ray's logical CPUs stay with the trials (``cpus_per_trial /
+    pack`` each), so a slot's CPUs are accounted once. A server trains with ``settings.num_threads`` threads."""
 
     def __init__(self, names: tuple[str, ...], data, settings: TrainSettings, pack_size: int, gpus: float) -> None:
-        self.names, self.handles = names, []
         if isinstance(data, list | tuple):  # one validation split (packing refuses folds)
             (data,) = data
-        actor = ray.remote(PackServer)
+        self.names, self.handles = names, []
         data_ref = ray.put(data)
         for name in names:
-            self.handles.append(actor.options(name=name, num_cpus=0, num_gpus=gpus, max_concurrency=MAX_CALLS,
-                                              scheduling_strategy="SPREAD").remote(data_ref, settings, pack_size))
+            options = {"name": name, "num_cpus": 0, "num_gpus": gpus, "max_concurrency": MAX_CALLS,
+                       "scheduling_strategy": "SPREAD"}
+            self.handles.append(ray.remote(PackServer).options(**options).remote(data_ref, settings, pack_size))
 
     def __enter__(self) -> tuple[str, ...]:
         return self.names
@@ -244,40 +283,10 @@ class PackServers:
 
 
 def packed_trainable(settings: TrainSettings, servers: tuple[str, ...], cpus_per_trial: float, pack: int):
-    """The Tune trainable of a packed search: :func:`packed_trial` with its settings and its share of a slot's CPUs."""
-    return tune.with_resources(tune.with_parameters(packed_trial, settings=settings, servers=servers),
-                               {"cpu": cpus_per_trial / pack, "gpu": 0})
-
-
-def packed_trial(config: dict, settings: TrainSettings, servers: tuple[str, ...]) -> None:
-    """Ray Tune entry point of a packed trial: join the best-fitting pack server, then report its epochs."""
-    trial_id = tune.get_context().get_trial_id()
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = load_checkpoint(directory)
-    handles = [ray.get_actor(name) for name in servers]
-    loads = ray.get([h.load.remote(config) for h in handles])
-    server = handles[min(range(len(handles)), key=loads.__getitem__)]
-    placement = ray.get(server.join.remote(trial_id, config, resume))
-    if placement is None:
-        return  # restored after its last epoch: nothing left to train
-
-    def send(metrics: dict, snapshot: Snapshot | None) -> None:
-        if snapshot is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(directory, snapshot.state, snapshot.description)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-    report = EpochBatcher(send, settings.report_interval_s, settings.decision_epochs)
-    while True:
-        metrics, snapshot = ray.get(server.next_epoch.remote(trial_id))
-        report({**metrics, **placement}, snapshot)
-        if Progress.ends(metrics):
-            return
+    """The Tune trainable of a packed search: the thin :func:`packed_trial`, with its share of a slot's CPUs."""
+    trial = tune.with_parameters(packed_trial, report_interval_s=settings.report_interval_s,
+                                 decision_epochs=settings.decision_epochs, servers=servers)
+    return tune.with_resources(trial, {"cpu": cpus_per_trial / pack, "gpu": 0})
 
 
 class PackRelease(tune.Callback):

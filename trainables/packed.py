@@ -54,6 +54,7 @@ from trainables.metrics import loss_target, validation_metrics
 from trainables.model import Architecture, hidden_sizes
 from trainables.names import ACTIVATIONS, NORMS, OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
+from trainables.reporting import is_last_report
 from trainables.splitting import TrialData
 from trainables.train import (
     EVAL_BATCH,
@@ -355,7 +356,7 @@ class Pack:
                 snapshot = Snapshot(state,
                                     member.description)
             results[member.member_id] = (metrics, snapshot)
-            if member.progress.ends(metrics):  # finished, or out of patience
+            if is_last_report(metrics):  # finished, diverged or out of patience
                 ended.append(member.member_id)
         for member_id in ended:
             self.remove(member_id)

@@ -36,11 +36,11 @@ class EpochBatcher:
 
     def __call__(self, metrics: dict, snapshot=None) -> None:
         now = self.clock()
-        metrics = {**metrics, "epoch_time_s": now - self.last_epoch_end, "epoch_end_time": time.time()}
+        # An epoch trained elsewhere (a pack server) arrives with its own timing, measured where it trained.
+        metrics = {"epoch_time_s": now - self.last_epoch_end, "epoch_end_time": time.time(), **metrics}
         self.last_epoch_end = now
-        must_send = (snapshot is not None or metrics.get("finished") or metrics.get("diverged")
-                     or metrics.get(STOPPED_NO_IMPROVEMENT)
-                     or metrics.get("epoch") in self.decision_epochs or now - self.last_sent >= self.interval_s)
+        must_send = (snapshot is not None or is_last_report(metrics) or metrics.get("epoch") in self.decision_epochs
+                     or now - self.last_sent >= self.interval_s)
         if not must_send:
             self.held.append(metrics)
             return
@@ -48,6 +48,11 @@ class EpochBatcher:
             metrics[EARLIER_EPOCHS], self.held = self.held, []
         self.last_sent = now
         self.send(metrics, snapshot)
+
+
+def is_last_report(metrics: dict) -> bool:
+    """Whether a trial's report is its last: it finished its epochs, diverged, or ran out of patience."""
+    return bool(metrics.get("finished") or metrics.get("diverged") or metrics.get(STOPPED_NO_IMPROVEMENT))
 
 
 def epoch_number(result: dict) -> int:

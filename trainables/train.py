@@ -25,7 +25,7 @@ from trainables.metrics import loss_function, loss_target, metric_mode, validati
 from trainables.model import Architecture, architecture_from_params, build_mlp
 from trainables.names import OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
-from trainables.reporting import STOPPED_NO_IMPROVEMENT
+from trainables.reporting import STOPPED_NO_IMPROVEMENT, is_last_report
 from trainables.splitting import TrialData
 
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
@@ -180,7 +180,7 @@ def trial_epochs(
                                    optimizers if len(folds) > 1 else optimizers[0], _rng_state(device))
             snapshot = Snapshot(state=state, description=description)
         yield metrics, snapshot
-        if progress.ends(metrics):
+        if is_last_report(metrics):
             return
 
 
@@ -218,7 +218,7 @@ class Solo:
         if self.epochs is None:
             return {}
         metrics, snapshot = next(self.epochs)
-        if Progress.ends(metrics):
+        if is_last_report(metrics):
             self.remove(self.member_id)
         return {self.member_id: (metrics, snapshot)}
 
@@ -254,10 +254,6 @@ class Progress:
             metrics[STOPPED_NO_IMPROVEMENT] = f"no improvement of {metric} in {epochs} ({since})"
         return metrics
 
-    @staticmethod
-    def ends(metrics: dict) -> bool:
-        """Whether a report (from :meth:`record` or :meth:`diverged`) is its trial's last."""
-        return bool(metrics.get("finished") or metrics.get("diverged") or metrics.get(STOPPED_NO_IMPROVEMENT))
 
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether ``epoch``'s report carries a checkpoint: every ``checkpoint_every`` epochs, at decision epochs, at
