@@ -131,62 +131,115 @@ def train_trial(
     device = prepare_device(settings.device, settings.gpu_share)
     folds = [_Fold.build(params, d, settings, device, i) for i, d in enumerate([data] if isinstance(data, TrialData) else data)]
     first = folds[0]
-    description = {"architecture": first.arch.to_dict(), "preprocessor": first.data.preprocessor, "params": params}
+    description = describe(first.arch, first.data, params)
     if len(folds) > 1:  # the logged model was trained on part of the development rows: say which part
         description["cross_validation"] = {"fold": 1, "folds": len(folds)}
     batch_size = int(params.get("batch_size", DEFAULT_BATCH_SIZE))
     use_amp = settings.amp and device.type == "cuda"
 
-    sign = 1.0 if metric_mode(settings.metric) == "min" else -1.0
-    start_epoch, best = 1, {"best_epoch": 0, "best_value": math.inf, "best_model": None}
+    progress = Progress(settings, resume)
     if resume is not None:
         for fold, model_state, optimizer_state in zip(folds, _per_fold(resume["model"]), _per_fold(resume["optimizer"])):
             fold.model.load_state_dict(model_state)
             fold.optimizer.load_state_dict(optimizer_state)
-        start_epoch = int(resume["epoch"]) + 1
-        best = {k: resume[k] for k in best}
         _restore_rng(resume.get("rng"), device)
 
-    for epoch in range(start_epoch, settings.max_epochs + 1):
+    for epoch in range(progress.next_epoch, settings.max_epochs + 1):
         results = []
         for fold in folds:
             train_loss, evaluation = fold.epoch(epoch, batch_size, use_amp, device)
             if evaluation is None:
                 # A diverged trial cannot recover; retrying it would diverge again. It ends here, reported as such
                 # (worst possible value, so schedulers rank it last), instead of raising and being retried.
-                reason = f"training loss became {train_loss}" if not math.isfinite(train_loss) else "outputs became infinite"
-                report(_diverged_result(epoch, reason, settings.metric, sign, best), None)
+                report(progress.diverged(epoch, divergence_reason(train_loss)), None)
                 return
             results.append({"train_loss": train_loss, **evaluation})
         metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds])}
         if len(folds) > 1 and settings.metric in results[0]:
             # How much the folds disagree tells whether two trials' means differ by more than the luck of the cut.
             metrics[fold_std_name(settings.metric)] = statistics.pstdev(r[settings.metric] for r in results)
-        value = metrics.get(settings.metric, metrics["val_loss"])
-        improved = math.isfinite(value) and sign * value < best["best_value"]
-        if improved:
-            best = {"best_epoch": epoch, "best_value": sign * value, "best_model": _cpu_copy(first.model.state_dict())}
-        metrics[f"best_{settings.metric}"] = sign * best["best_value"]
-        metrics["best_epoch"] = best["best_epoch"]
-        metrics["finished"] = epoch == settings.max_epochs
-        stop = not metrics["finished"] and patience_ran_out(epoch, best["best_epoch"], settings.patience)
-        if stop:
-            since = f"best at epoch {best['best_epoch']}" if best["best_epoch"] else "no finite value yet"
-            epochs = f"{settings.patience} epoch{'s' if settings.patience != 1 else ''}"
-            metrics[STOPPED_NO_IMPROVEMENT] = f"no improvement of {settings.metric} in {epochs} ({since})"
-        due = (epoch % settings.checkpoint_every == 0 or epoch in settings.decision_epochs or metrics["finished"]
-               or stop)
+        metrics = progress.record(epoch, metrics, lambda: _cpu_copy(first.model.state_dict()))
         snapshot = None
-        if due and best["best_model"] is not None:
+        if progress.checkpoint_due(epoch):
             models = [_cpu_copy(f.model.state_dict()) for f in folds]
             optimizers = [f.optimizer.state_dict() for f in folds]
             # One fold keeps the checkpoint format of a plain trial; folds store one entry per fold.
-            state = {"epoch": epoch, "model": models if len(folds) > 1 else models[0],
-                     "optimizer": optimizers if len(folds) > 1 else optimizers[0], "rng": _rng_state(device), **best}
+            state = progress.state(epoch, models if len(folds) > 1 else models[0],
+                                   optimizers if len(folds) > 1 else optimizers[0], _rng_state(device))
             snapshot = Snapshot(state=state, description=description)
         report(metrics, snapshot)
-        if stop:
+        if progress.stopped:
             return
+
+
+class Progress:
+    """The per-epoch bookkeeping of one trial, the same for a trial trained alone (:func:`train_trial`) and one
+    trained in a pack (:mod:`trainables.packed`): the best epoch so far and its weights, the metrics dict reported
+    each epoch, when patience has run out, when a checkpoint is due, and the last report of a diverged trial."""
+
+    def __init__(self, settings: TrainSettings, resume: dict | None = None) -> None:
+        self.settings = settings
+        self.sign = 1.0 if metric_mode(settings.metric) == "min" else -1.0  # best_value is sign * metric, minimized
+        self.best: dict = {"best_epoch": 0, "best_value": math.inf, "best_model": None}
+        self.next_epoch = 1  # the epoch training starts (or continues) with
+        self.stopped = False  # the last recorded epoch ended the trial for lack of improvement (settings.patience)
+        if resume is not None:
+            self.best = {k: resume[k] for k in self.best}
+            self.next_epoch = int(resume["epoch"]) + 1
+
+    def record(self, epoch: int, metrics: dict, model_state: Callable[[], dict]) -> dict:
+        """``metrics`` of a finished ``epoch`` plus ``best_<metric>``, ``best_epoch``, ``finished`` and, when patience
+        ran out, :data:`STOPPED_NO_IMPROVEMENT` (the trial then ends: :attr:`stopped`); ``model_state()`` (the
+        weights, copied to the CPU) is called only when the epoch is the best so far."""
+        s, metric = self.settings, self.settings.metric
+        value = metrics.get(metric, metrics["val_loss"])
+        if math.isfinite(value) and self.sign * value < self.best["best_value"]:
+            self.best = {"best_epoch": epoch, "best_value": self.sign * value, "best_model": model_state()}
+        self.next_epoch = epoch + 1
+        best_epoch = self.best["best_epoch"]
+        metrics = {**metrics, f"best_{metric}": self.sign * self.best["best_value"], "best_epoch": best_epoch,
+                   "finished": epoch == s.max_epochs}
+        self.stopped = not metrics["finished"] and patience_ran_out(epoch, best_epoch, s.patience)
+        if self.stopped:
+            since = f"best at epoch {best_epoch}" if best_epoch else "no finite value yet"
+            epochs = f"{s.patience} epoch{'s' if s.patience != 1 else ''}"
+            metrics[STOPPED_NO_IMPROVEMENT] = f"no improvement of {metric} in {epochs} ({since})"
+        return metrics
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Whether ``epoch``'s report carries a checkpoint: every ``checkpoint_every`` epochs, at decision epochs, at
+        the last epoch and when patience ran out (never before a best model exists)."""
+        s = self.settings
+        due = (epoch % s.checkpoint_every == 0 or epoch in s.decision_epochs or epoch == s.max_epochs
+               or self.stopped)
+        return due and self.best["best_model"] is not None
+
+    def state(self, epoch: int, model: dict | list, optimizer: dict | list, rng: dict) -> dict:
+        """The resumable state a :class:`Snapshot` carries (what ``train_trial(resume=...)`` takes)."""
+        return {"epoch": epoch, "model": model, "optimizer": optimizer, "rng": rng, **self.best}
+
+    def diverged(self, epoch: int, reason: str) -> dict:
+        """The last report of a trial whose training diverged at ``epoch``."""
+        metric, worst = self.settings.metric, self.sign * math.inf
+        return {
+            "epoch": epoch,
+            "diverged": f"{reason} at epoch {epoch}",
+            metric: worst,
+            "val_loss": math.inf,
+            f"best_{metric}": self.sign * self.best["best_value"] if self.best["best_model"] is not None else worst,
+            "best_epoch": self.best["best_epoch"],
+            "finished": False,
+        }
+
+
+def divergence_reason(train_loss: float) -> str:
+    """Why an epoch whose validation outputs were not usable diverged."""
+    return f"training loss became {train_loss}" if not math.isfinite(train_loss) else "outputs became infinite"
+
+
+def describe(arch: Architecture, data: TrialData, params: dict) -> dict:
+    """The JSON description a trial's snapshots (and so its model artifact) carry."""
+    return {"architecture": arch.to_dict(), "preprocessor": data.preprocessor, "params": params}
 
 
 @dataclass
@@ -384,19 +437,6 @@ def _restore_rng(state: dict | None, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _diverged_result(epoch: int, reason: str, metric: str, sign: float, best: dict) -> dict:
-    worst = sign * math.inf
-    return {
-        "epoch": epoch,
-        "diverged": f"{reason} at epoch {epoch}",
-        metric: worst,
-        "val_loss": math.inf,
-        f"best_{metric}": sign * best["best_value"] if best["best_model"] is not None else worst,
-        "best_epoch": best["best_epoch"],
-        "finished": False,
-    }
 
 
 def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, use_amp, device) -> float:
