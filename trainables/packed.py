@@ -1,0 +1,598 @@
+"""Packed trials: many small MLPs trained as one batched computation. Plain PyTorch: no Ray, no MLflow.
+
+A :class:`Pack` holds members (trials) that :func:`pack_key` finds compatible and trains them together, one epoch
+at a time: hidden layer ``l`` of all members is one weight ``[M, in, out]`` applied with ``torch.baddbmm``, and a
+functional optimizer steps every member at once with its own coefficients. Each member is still a trial in every
+sense: it starts from the initialization :func:`trainables.train.train_trial` would give it, sees exactly the
+batches it would see alone (its own shuffle, seeded ``seed + epoch``), and each :meth:`Pack.step` returns for it
+the metrics dict and the :class:`~trainables.train.Snapshot` that ``train_trial`` would hand its ``report`` for
+that epoch, in the same format (a member can be resumed alone, or alone resumed in a pack). Members join (new, or
+from a checkpoint) and leave between epochs, at different epoch numbers.
+
+What packs (differs freely between members of one pack):
+    ``lr``, ``weight_decay``, ``momentum`` (SGD), ``dropout``, the seed (so the initialization and batch order),
+    and each hidden layer's width within its bucket (see below); also each member's :class:`TrainSettings` apart
+    from the device: ``max_epochs``, ``metric``, ``checkpoint_every``, ``decision_epochs``.
+What splits packs (must be equal):
+    the data (same rows and preprocessing), ``batch_size`` (every member takes the same number of steps per epoch),
+    ``n_layers``, ``activation``, ``norm``, ``optimizer``, ``loss``, and each layer's width bucket. A configuration
+    with cross-validation folds does not pack.
+
+Width buckets: a member narrower than its pack is zero-padded to the pack's width and the padding masked, so the
+padded units are exactly zero (their weights get zero gradients and stay zero) and the member's own units compute
+what they would alone; LayerNorm normalizes over each member's true width. Padding costs the work of the padded
+units, so widths are bucketed by the next power of two (a 16-wide layer is never padded to 512).
+
+On a CPU, stacking pays where per-operation overhead dominates (measured, digits, batch 64, 2 hidden layers: 4.2x
+the throughput of one-after-another at width 32 with 8 models, 1.8x at 128) and costs where the arithmetic
+dominates (0.9x at 256-512), so on a CPU a layer wider than :data:`CPU_MAX_WIDTH` does not pack. On a GPU small
+MLPs are dispatch-bound at every width, so everything packs there.
+
+Exactness: without dropout a packed member's metrics equal the solo trial's up to float rounding (different
+reduction orders; ~1e-6 relative after several epochs), and its snapshots resume either way. Members never couple:
+the pack's loss is the sum of the members' losses (each member's gradient is its own), nothing is clipped or scaled
+jointly, and a member whose training loss stops being finite is reported diverged and leaves alone. Dropout masks
+are drawn per member from the global generator, but the draws depend on the pack's composition: with dropout,
+packed and solo training (and a resumed member) agree only statistically.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.device import prepare_device
+from trainables.metrics import loss_target, validation_metrics
+from trainables.model import Architecture, hidden_sizes
+from trainables.names import ACTIVATIONS, NORMS, OPTIMIZERS
+from trainables.params import DEFAULT_BATCH_SIZE, default
+from trainables.splitting import TrialData
+from trainables.train import (
+    EVAL_BATCH,
+    Progress,
+    Snapshot,
+    TrainSettings,
+    _autocast,
+    _cpu_copy,
+    _gather,
+    _place_data,
+    _rng_state,
+    _setup,
+    _to,
+    describe,
+    divergence_reason,
+)
+
+# Widest hidden layer that packs on a CPU (see the module docstring for the measurements behind it).
+CPU_MAX_WIDTH = 128
+MIN_BUCKET = 8  # narrower layers are padded to 8: below that the padding costs nothing measurable
+
+
+def width_bucket(units: int) -> int:
+    """The width a layer of ``units`` units is padded to in a pack: the next power of two, at least MIN_BUCKET."""
+    return max(MIN_BUCKET, 1 << (int(units) - 1).bit_length())
+
+
+def pack_key(params: dict, data: TrialData, device: str | torch.device = "cpu") -> tuple | None:
+    """What must be equal for two trials to train in one pack (see the module docstring), or None when this
+    configuration does not pack: cross-validation folds, an unknown name, or on a CPU a layer wider than
+    CPU_MAX_WIDTH (stacking would be slower than training it alone)."""
+    if not isinstance(data, TrialData):
+        return None  # folds (a list of TrialData) train in lockstep inside one train_trial
+    activation = params.get("activation", default("activation"))
+    norm = params.get("norm", default("norm"))
+    optimizer = params.get("optimizer", default("optimizer"))
+    if activation not in ACTIVATIONS or norm not in NORMS or optimizer not in OPTIMIZERS:
+        return None
+    widths = hidden_sizes(params)
+    if torch.device(device).type == "cpu" and max(widths, default=0) > CPU_MAX_WIDTH:
+        return None
+    return (data_digest(data), int(params.get("batch_size", DEFAULT_BATCH_SIZE)), tuple(width_bucket(w) for w in widths),
+            activation, norm, optimizer, params.get("loss"))
+
+
+_DIGESTS: dict[int, tuple[TrialData, str]] = {}  # id → (the object, so the id stays its own, digest)
+
+
+def data_digest(data: TrialData) -> str:
+    """A hash of a trial's arrays and preprocessing: equal for copies of the same data (each Ray worker
+    deserializes its own), cached per object."""
+    cached = _DIGESTS.get(id(data))
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    digest = hashlib.sha256(repr(sorted(data.preprocessor.items(), key=str)).encode())
+    for array in (data.x_train, data.y_train, data.x_val, data.y_val):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    if len(_DIGESTS) > 16:
+        _DIGESTS.clear()
+    _DIGESTS[id(data)] = (data, digest.hexdigest()[:16])
+    return _DIGESTS[id(data)][1]
+
+
+@dataclass
+class _Member:
+    """One trial in a pack: its description, its solo-shaped model and optimizer (the templates its state is
+    copied in and out of) and its bookkeeping."""
+
+    member_id: Hashable
+    params: dict
+    settings: TrainSettings
+    seed: int
+    arch: Architecture
+    model: nn.Sequential  # on the CPU; holds the member's weights only when they are copied out
+    optimizer: torch.optim.Optimizer  # for the model above: only its state_dict format is used
+    loss_fn: nn.Module
+    progress: Progress
+    description: dict
+
+    @property
+    def epoch(self) -> int:
+        return self.progress.next_epoch
+
+
+class Pack:
+    """Trials trained together, one epoch at a time, each exactly as :func:`~trainables.train.train_trial` would.
+
+    ``add`` a member (new, or resumed from a state a :class:`Snapshot` carried), ``step`` to train every member one
+    epoch and get each one's report, ``remove`` a member whose trial ended elsewhere. A member that finished its
+    ``max_epochs`` or diverged leaves by itself after its last report. ``device`` is where the pack trains (the
+    members' ``settings.device`` is not used); ``amp`` runs the training steps in bf16 autocast on a GPU.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", amp: bool = False, gpu_share: float = 1.0,
+                 stream: bool | None = None) -> None:
+        self.device = prepare_device(device, gpu_share)
+        self.use_amp = amp and self.device.type == "cuda"
+        self.gpu_share, self.stream = gpu_share, stream
+        self.members: list[_Member] = []
+        self.key: tuple | None = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self.key, self.tensors, self.data = None, None, None
+        self.params: dict[str, torch.Tensor] = {}  # stacked leaves, [M, ...] (see _layout)
+        self.moments: dict[str, dict[str, torch.Tensor]] = {}  # optimizer state per parameter name, [M, ...]
+        self.buffers: dict[str, torch.Tensor] = {}  # batch-norm running statistics, [M, width]
+        self.coef: dict[str, torch.Tensor] = {}  # per-member coefficients, [M, 1, 1]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, member_id: Hashable) -> bool:
+        return any(m.member_id == member_id for m in self.members)
+
+    # ---- joining and leaving -------------------------------------------------------------------------------------
+
+    def add(self, member_id: Hashable, params: dict, data: TrialData, settings: TrainSettings,
+            resume: dict | None = None) -> bool:
+        """Add a trial; it trains from the next :meth:`step` on. ``resume`` is a snapshot's state, from a solo or a
+        packed run. Returns False (and adds nothing) when the trial has no epoch left to train, as ``train_trial``
+        would then report nothing. Raises ValueError for a configuration this pack cannot hold."""
+        if member_id in self:
+            raise ValueError(f"member {member_id!r} is already in the pack")
+        key = pack_key(params, data, self.device)
+        if key is None or (self.key is not None and key != self.key):
+            raise ValueError(f"member {member_id!r} does not pack with this pack ({'not packable' if key is None else 'other key'})")
+        # The solo setup exactly (seed, architecture, initialization), on the CPU as a solo trial initializes, and
+        # without touching the global generator the other members' dropout draws from.
+        with torch.random.fork_rng(devices=[]):
+            seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, torch.device("cpu"))
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+        member = _Member(member_id, params, settings, seed, arch, model, optimizer, loss_fn, Progress(settings, resume),
+                         describe(arch, data, params))
+        if member.epoch > settings.max_epochs:
+            return False
+        if self.key is None:
+            self._start(key, data, arch, loss_fn)
+        self._insert(member)
+        return True
+
+    def remove(self, member_id: Hashable) -> bool:
+        """Take a member out (its trial was stopped or failed elsewhere); False if it is not in the pack."""
+        index = next((i for i, m in enumerate(self.members) if m.member_id == member_id), None)
+        if index is None:
+            return False
+        keep = [i for i in range(len(self.members)) if i != index]
+        del self.members[index]
+        if not self.members:
+            self._clear()
+            return True
+        rows = torch.tensor(keep, device=self.device)
+        pick = lambda t: t.index_select(0, rows)  # noqa: E731
+        self.params = {k: pick(v.detach()).requires_grad_() for k, v in self.params.items()}
+        self.moments = {k: {n: pick(t) for n, t in v.items()} for k, v in self.moments.items()}
+        self.buffers = {k: pick(v) for k, v in self.buffers.items()}
+        self.coef = {k: pick(v) for k, v in self.coef.items()}
+        self._update_masks()
+        return True
+
+    def _start(self, key: tuple, data: TrialData, arch: Architecture, loss_fn: nn.Module) -> None:
+        """Set the pack's shape from its first member: data, padded widths, layer layout."""
+        self.key, self.data = key, data
+        self.tensors = _place_data(data, self.device, self.stream, self.gpu_share)
+        self.task = data.task
+        self.batch_size = key[1]
+        self.widths = [width_bucket(w) for w in arch.hidden]
+        self.norm, self.optimizer_name = arch.norm, key[5]
+        self.activation = getattr(nn, ACTIVATIONS[arch.activation])()
+        # The members' loss (trainables.metrics.loss_function, the same for all), per row: each member's mean is
+        # then taken over its own rows.
+        self.loss_none = copy.deepcopy(loss_fn)
+        self.loss_none.reduction = "none"
+        ins = [arch.n_features, *self.widths]
+        outs = [*self.widths, arch.n_outputs]
+        # Stacked name → (shape per member, whether it holds a transposed nn.Linear weight), in the order of
+        # build_mlp(arch).parameters(): the optimizer's state_dict numbers parameters in that order.
+        self.layout: dict[str, tuple[tuple[int, ...], bool]] = {}
+        for layer, (n_in, n_out) in enumerate(zip(ins, outs)):
+            self.layout[f"w{layer}"] = ((n_in, n_out), True)
+            self.layout[f"b{layer}"] = ((1, n_out), False)
+            if layer < len(self.widths) and self.norm != "none":
+                self.layout[f"g{layer}"] = ((1, n_out), False)
+                self.layout[f"n{layer}"] = ((1, n_out), False)
+
+    def _insert(self, member: _Member) -> None:
+        """Append a member's parameters, optimizer state, statistics and coefficients to the stacks."""
+        model, optimizer = member.model, member.optimizer
+        new_params, new_moments = {}, {}
+        for (name, (shape, transpose)), p in zip(self.layout.items(), model.parameters()):
+            new_params[name] = _padded(p.detach(), shape, transpose)
+            state = optimizer.state.get(p, {})
+            new_moments[name] = {n: _padded(state[n], shape, transpose) if n in state else torch.zeros(shape)
+                                 for n in _MOMENTS[self.optimizer_name]}
+            new_moments[name]["tail"] = _padded(_tail_mask(p, self.device), shape, transpose).bool()
+        norms = [m for m in model if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm))]
+        new_buffers = {}
+        for layer, norm in enumerate(norms):
+            if isinstance(norm, nn.BatchNorm1d):
+                new_buffers[f"rm{layer}"] = _padded(norm.running_mean, (self.widths[layer],), False, value=0.0)
+                new_buffers[f"rv{layer}"] = _padded(norm.running_var, (self.widths[layer],), False, value=1.0)
+                new_buffers["nbt"] = norm.num_batches_tracked.reshape(1).clone()
+        group = optimizer.param_groups[0]
+        steps = [float(s["step"]) for s in optimizer.state.values() if "step" in s]
+        coef = {"lr": group["lr"], "wd": group["weight_decay"], "momentum": group.get("momentum", 0.0),
+                "beta1": group.get("betas", (0.9, 0.999))[0], "beta2": group.get("betas", (0.9, 0.999))[1],
+                "eps": group.get("eps", 0.0), "dropout": member.arch.dropout,
+                # SGD keeps no momentum buffer before its first step: a resumed state without one starts from zero.
+                "step": max(steps, default=float(bool(optimizer.state))),
+                **{f"width{layer}": float(w) for layer, w in enumerate(member.arch.hidden)}}
+        # Kept in double precision (as torch.optim keeps them, Python floats); cast to float32 where they multiply.
+        coef_tensors = {k: torch.tensor(float(v), dtype=torch.float64).view(1, 1, 1) for k, v in coef.items()}
+        append = lambda old, new: new.to(self.device) if old is None else torch.cat([old, new.to(self.device)])  # noqa: E731
+        old_params = {k: v.detach() for k, v in self.params.items()}
+        self.params = {k: append(old_params.get(k), t.unsqueeze(0)).requires_grad_() for k, t in new_params.items()}
+        self.moments = {k: {n: append(self.moments.get(k, {}).get(n), t.unsqueeze(0)) for n, t in v.items()}
+                        for k, v in new_moments.items()}
+        self.buffers = {k: append(self.buffers.get(k), t.unsqueeze(0) if k != "nbt" else t)
+                        for k, t in new_buffers.items()}
+        self.coef = {k: append(self.coef.get(k), t) for k, t in coef_tensors.items()}
+        self.members.append(member)
+        self._update_masks()
+
+    def _update_masks(self) -> None:
+        """Per-layer masks of the members' true units ([M, 1, width]), None for a layer no member pads; and which
+        coefficients are zero for everyone (their operations are skipped)."""
+        self.masks: list[torch.Tensor | None] = []
+        for layer, width in enumerate(self.widths):
+            true = self.coef[f"width{layer}"]
+            if bool((true == width).all()):
+                self.masks.append(None)
+            else:
+                self.masks.append((torch.arange(width, device=self.device).view(1, 1, -1) < true).float())
+        self.any_decay = bool((self.coef["wd"] != 0).any())
+        # Members by true width, per padded layer (see _PaddedLinear).
+        self.width_groups = [None if mask is None else
+                             [(int(w), self.coef[f"width{layer}"] == w) for w in self.coef[f"width{layer}"].unique()]
+                             for layer, mask in enumerate(self.masks)]
+        self.tails = {name: state["tail"] if bool(state["tail"].any()) else None for name, state in self.moments.items()}
+        self.any_dropout = bool((self.coef["dropout"] > 0).any())
+        self.keep = (1.0 - self.coef["dropout"]).float()
+        self.coef32 = {k: v.float() for k, v in self.coef.items()}
+        self.one_minus = {k: (1 - self.coef[k]).float() for k in ("beta1", "beta2")}
+        self.neg_lr = (-self.coef["lr"]).float()
+        self.decay = (1 - self.coef["lr"] * self.coef["wd"]).float()  # AdamW's decoupled weight decay
+
+    # ---- training ------------------------------------------------------------------------------------------------
+
+    def step(self) -> dict[Hashable, tuple[dict, Snapshot | None]]:
+        """Train every member one epoch (each at its own next epoch) and validate it. Returns, per member id, the
+        ``(metrics, snapshot)`` pair ``train_trial`` would report for that epoch. Members whose report ends their
+        trial (finished or diverged) have left the pack when this returns."""
+        if not self.members:
+            return {}
+        train_losses = self._train_epoch()
+        evaluations = self._evaluate()
+        results, ended = {}, []
+        for index, member in enumerate(self.members):
+            epoch, train_loss, evaluation = member.epoch, train_losses[index], evaluations[index]
+            if not math.isfinite(train_loss) or evaluation is None:
+                results[member.member_id] = (member.progress.diverged(epoch, divergence_reason(train_loss)), None)
+                ended.append(member.member_id)
+                continue
+            metrics = member.progress.record(epoch, {"epoch": epoch, "train_loss": train_loss, **evaluation},
+                                             lambda i=index: self.member_weights(i))
+            snapshot = None
+            if member.progress.checkpoint_due(epoch):
+                state = member.progress.state(epoch, self.member_weights(index), self.member_optimizer(index),
+                                              _rng_state(self.device))
+                snapshot = Snapshot(state,
+                                    member.description)
+            results[member.member_id] = (metrics, snapshot)
+            if metrics["finished"]:
+                ended.append(member.member_id)
+        for member_id in ended:
+            self.remove(member_id)
+        return results
+
+    def _train_epoch(self) -> list[float]:
+        """One pass over the training rows for every member, each in its own shuffled order; mean losses."""
+        x, y = self.tensors[0], self.tensors[1]
+        n, size, m = x.shape[0], self.batch_size, len(self.members)
+        # Exactly the solo shuffle: a CPU generator seeded seed + epoch, per member.
+        order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(mb.seed + mb.epoch))
+                             for mb in self.members]).to(x.device)
+        leaves = list(self.params.values())
+        losses, sizes = [], []
+        for start in range(0, n, size):
+            idx = order[:, start : start + size]
+            if idx.shape[1] < 2 and n > 1:
+                continue  # as alone: a batch of one row breaks batch norm and adds nothing
+            b = idx.shape[1]
+            xb = _gather(x, idx.reshape(-1), self.device).view(m, b, -1)
+            yb = _gather(y, idx.reshape(-1), self.device)
+            with _autocast(self.device, self.use_amp):
+                out = self._forward(xb, training=True)
+                per_row = self.loss_none(out.reshape(m * b, -1), loss_target(self.task, yb))
+            member_losses = per_row.float().reshape(m, -1).mean(dim=1)  # each member's mean loss, as alone
+            for p in leaves:
+                p.grad = None
+            member_losses.sum().backward()  # d(sum)/d(member's weights) = that member's own gradient
+            self._optimizer_step()
+            losses.append(member_losses.detach())
+            sizes.append(b)
+        if not losses:
+            return [0.0] * m
+        weights = torch.tensor(sizes, dtype=torch.float32, device=self.device)
+        return [total / n for total in (weights @ torch.stack(losses).float()).tolist()]
+
+    def _forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Outputs [M, rows, n_outputs] for inputs [M, rows, features] (training) or [rows, features]."""
+        p = self.params
+        h = x
+        for layer, width in enumerate(self.widths):
+            w, b = p[f"w{layer}"], p[f"b{layer}"]
+            mask = self.masks[layer]
+            if h.dim() == 2:  # validation: every member sees the same rows
+                h = torch.matmul(h, w) + b
+            elif mask is not None and self.norm == "batch":
+                h = _PaddedLinear.apply(h, w, b, self.width_groups[layer])
+            else:
+                h = torch.baddbmm(b, h, w)
+            if self.norm == "batch":
+                h = self._batch_norm(h, layer, training)
+            elif self.norm == "layer":
+                h = self._layer_norm(h, layer, mask)
+            h = self.activation(h)
+            if mask is not None:
+                h = h * mask  # padded units stay exactly zero, whatever the activation gives at zero
+            if training and self.any_dropout:
+                h = h * (torch.rand(h.shape, device=h.device) < self.keep) / self.keep
+        last = len(self.widths)
+        return torch.baddbmm(p[f"b{last}"], h, p[f"w{last}"])
+
+    def _batch_norm(self, h: torch.Tensor, layer: int, training: bool) -> torch.Tensor:
+        """nn.BatchNorm1d per member: the members' units side by side as one BatchNorm over M * width channels,
+        each with its own running statistics (momentum 0.1, unbiased running variance, eps 1e-5)."""
+        m, rows, width = h.shape
+        flat = h.transpose(0, 1).reshape(rows, m * width)
+        out = torch.nn.functional.batch_norm(
+            flat, self.buffers[f"rm{layer}"].view(-1), self.buffers[f"rv{layer}"].view(-1),
+            self.params[f"g{layer}"].reshape(-1), self.params[f"n{layer}"].reshape(-1),
+            training=training, momentum=0.1, eps=1e-5)
+        if training and layer == 0:
+            self.buffers["nbt"] += 1
+        return out.view(rows, m, width).transpose(0, 1)
+
+    def _layer_norm(self, h: torch.Tensor, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """nn.LayerNorm per member over its true width only (eps 1e-5)."""
+        g, b = self.params[f"g{layer}"], self.params[f"n{layer}"]
+        if mask is None:
+            return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=1e-5) * g + b
+        count = self.coef32[f"width{layer}"]
+        mean = (h * mask).sum(dim=-1, keepdim=True) / count
+        centered = (h - mean) * mask
+        var = (centered * centered).sum(dim=-1, keepdim=True) / count
+        return centered * torch.rsqrt(var + 1e-5) * g + b
+
+    @torch.no_grad()
+    def _optimizer_step(self) -> None:
+        """torch.optim.Adam / AdamW / SGD's update, every member with its own coefficients ([M, 1, 1])."""
+        c, c32 = self.coef, self.coef32
+        c["step"] += 1
+        # torch's fused CPU kernels' arithmetic (aten/src/ATen/native/cpu/Fused{SGD,Adam}Kernel.cpp), operation by
+        # operation, fused multiply-adds included (addcmul and lerp are fused the same way): a member's gradients
+        # are then the same bits as alone, which matters where Adam normalizes a gradient of pure rounding noise (a
+        # bias before batch norm) into a full step.
+        if self.optimizer_name == "sgd":
+            for name, p in self.params.items():
+                grad = torch.addcmul(p.grad, p, c32["wd"]) if self.any_decay else p.grad
+                state = self.moments[name]
+                buf = state["momentum_buffer"]
+                tail = self.tails[name]
+                if tail is not None:  # the kernel's scalar loop fuses buf * momentum + grad into one rounding
+                    state["momentum_buffer"] = torch.where(tail, torch.addcmul(grad, buf, c32["momentum"]),
+                                                           buf.mul(c32["momentum"]).add_(grad))
+                    buf = state["momentum_buffer"]
+                else:
+                    buf.mul_(c32["momentum"]).add_(grad)  # a zero buffer's first step is grad itself, as torch's
+                p.addcmul_(buf, self.neg_lr)
+            return
+        # Bias corrections from each member's own step count, in double precision, as torch computes them.
+        step = c["step"]
+        step_size = (c["lr"] / (1 - c["beta1"] ** step)).float()
+        correction2 = (1 - c["beta2"] ** step).sqrt().float()
+        decoupled = self.optimizer_name == "adamw"
+        for name, p in self.params.items():
+            grad = p.grad
+            if self.any_decay:
+                if decoupled:
+                    p.mul_(self.decay)
+                else:
+                    grad = torch.addcmul(grad, p, c32["wd"])
+            state = self.moments[name]
+            exp_avg = state["exp_avg"].lerp_(grad, self.one_minus["beta1"])
+            scaled = self.one_minus["beta2"] * grad
+            tail = self.tails[name]
+            if tail is not None:  # the kernel's scalar loop rounds (1 - beta2) * grad * grad, fuses the rest
+                state["exp_avg_sq"] = torch.where(tail, torch.addcmul(scaled * grad, state["exp_avg_sq"], c32["beta2"]),
+                                                  torch.addcmul(state["exp_avg_sq"] * c32["beta2"], scaled, grad))
+                exp_avg_sq = state["exp_avg_sq"]
+            else:
+                exp_avg_sq = state["exp_avg_sq"].mul_(c32["beta2"]).addcmul_(scaled, grad)
+            # Through double precision: correctly rounded as the fused kernel's, where float sqrt goes through a
+            # vector math library that is 1 ulp off now and then.
+            denom = (exp_avg_sq.double().sqrt().float() / correction2).add_(c32["eps"])
+            p.sub_(step_size * exp_avg / denom)
+
+    def _evaluate(self) -> list[dict | None]:
+        """Each member's validation loss and metrics (None for a member whose outputs are not finite), computed
+        as alone: fp32, no gradients, batch norm on running statistics, the solo loss and metric functions."""
+        x, y = self.tensors[2], _to(self.tensors[3], self.device)
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=False):
+            outputs = torch.cat([self._forward(_to(x[i : i + EVAL_BATCH], self.device), training=False).float()
+                                 for i in range(0, x.shape[0], EVAL_BATCH)], dim=1)
+            finite = torch.isfinite(outputs).flatten(1).all(dim=1).tolist()
+            results = []
+            for index, member in enumerate(self.members):
+                if not finite[index]:
+                    results.append(None)
+                    continue
+                out = outputs[index]
+                val_loss = float(member.loss_fn(out, loss_target(self.task, y)))
+                scale = self.data.preprocessor.get("target_scale", 1.0)
+                results.append({"val_loss": val_loss, **validation_metrics(self.task, out, y, scale)})
+        return results
+
+    # ---- a member's state in the solo format ---------------------------------------------------------------------
+
+    def member_weights(self, index: int) -> dict:
+        """Member ``index``'s weights as its trial would hold them alone: ``build_mlp(arch).state_dict()`` of its true
+        shapes, on the CPU."""
+        model = self.members[index].model
+        with torch.no_grad():
+            for (name, (_, transpose)), p in zip(self.layout.items(), model.parameters()):
+                p.copy_(_unpadded(self.params[name][index], p.shape, transpose))
+            for layer, norm in enumerate(m for m in model if isinstance(m, nn.BatchNorm1d)):
+                width = norm.num_features
+                norm.running_mean.copy_(self.buffers[f"rm{layer}"][index, :width])
+                norm.running_var.copy_(self.buffers[f"rv{layer}"][index, :width])
+                norm.num_batches_tracked.fill_(int(self.buffers["nbt"][index]))
+        return _cpu_copy(model.state_dict())
+
+    def member_optimizer(self, index: int) -> dict:
+        """Member ``index``'s optimizer state as its trial's torch.optim optimizer would give it (``state_dict()``)."""
+        member = self.members[index]
+        optimizer = member.optimizer
+        step = float(self.coef["step"][index])
+        momentum = optimizer.param_groups[0].get("momentum", 0.0)
+        for (name, (_, transpose)), p in zip(self.layout.items(), member.model.parameters()):
+            # Contiguous copies: torch's fused kernels walk a state tensor's memory as if it were.
+            moments = {n: _unpadded(t[index], p.shape, transpose).detach().to("cpu", copy=True).contiguous()
+                       for n, t in self.moments[name].items() if n != "tail"}
+            optimizer.state.pop(p, None)
+            if self.optimizer_name != "sgd":
+                optimizer.state[p] = {"step": torch.tensor(step, dtype=torch.float32), **moments}
+            elif momentum != 0 and step > 0:  # torch's SGD keeps a buffer only with momentum, after a first step
+                optimizer.state[p] = moments
+        return optimizer.state_dict()
+
+
+class _PaddedLinear(torch.autograd.Function):
+    """``torch.baddbmm(b, x, w)`` whose bias gradient is summed over each member's true width only, as its solo
+    nn.Linear sums it. Padding changes how torch's column sums round; that matters for a bias followed by batch
+    norm, whose true gradient is zero: Adam turns the rounding noise into full steps, and different noise would
+    send the member on a different path than alone."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, groups):  # noqa: D102 - see the class docstring
+        ctx.save_for_backward(x, w)
+        ctx.groups = groups
+        return torch.baddbmm(b, x, w)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102 - autograd's baddbmm backward, bias aside
+        x, w = ctx.saved_tensors
+        grad_x = grad.bmm(w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_w = x.transpose(1, 2).bmm(grad)
+        grad_b = torch.zeros(grad.shape[0], 1, grad.shape[2], dtype=grad.dtype, device=grad.device)
+        for width, members in ctx.groups:
+            sums = grad[:, :, :width].sum(dim=1, keepdim=True)
+            grad_b[:, :, :width] = torch.where(members, sums, grad_b[:, :, :width])
+        return grad_x, grad_w, grad_b, None
+
+
+def _tail_mask(p: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Which elements of a solo parameter ``p`` torch's fused CPU optimizer kernels update in their scalar loop
+    (the last ``numel % vector width``), where the compiler fuses the arithmetic differently from the vector loop."""
+    width = _kernel_vector_width() if device.type == "cpu" else None
+    flat = torch.arange(p.numel())
+    tail = flat >= p.numel() - (p.numel() % width) if width else torch.zeros_like(flat, dtype=torch.bool)
+    return tail.view(p.shape)
+
+
+@functools.cache
+def _kernel_vector_width() -> int | None:
+    """The vector width (in floats) of this torch build's fused CPU Adam kernel, found by matching its results bit for
+    bit (it depends on the CPU features the build dispatches to); None when no width matches."""
+    generator = torch.Generator().manual_seed(0)
+    n = 37
+    start = torch.randn(n, generator=generator)
+    grads = [torch.randn(n, generator=generator) * scale for scale in (1.0, 0.5, 1e-3, 2.0, 1.0)]
+    p = start.clone().requires_grad_()
+    optimizer = torch.optim.Adam([p], lr=1e-2, fused=True)
+    for grad in grads:
+        p.grad = grad.clone()
+        optimizer.step()
+    expected = optimizer.state[p]["exp_avg_sq"]
+    f32 = lambda x: torch.tensor(x, dtype=torch.float64).float()  # noqa: E731
+    b2, c2 = f32(0.999), f32(1 - 0.999)
+    for width in (8, 16, 4, 32):
+        tail = torch.arange(n) >= n - n % width
+        v = torch.zeros(n)
+        for grad in grads:
+            v = torch.where(tail, torch.addcmul(c2 * grad * grad, v, b2), torch.addcmul(v * b2, c2 * grad, grad))
+        if torch.equal(v, expected):
+            return width
+    return None
+
+
+_MOMENTS = {"adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
+
+
+def _padded(t: torch.Tensor, shape: Sequence[int], transpose: bool, value: float = 0.0) -> torch.Tensor:
+    """A solo-shaped tensor (an nn.Linear weight is [out, in]) in its stacked form: [in_pad, out_pad], [1, width]
+    or [width], padded with ``value``."""
+    t = t.detach().float().cpu()
+    t = t.t() if transpose else t.reshape(1, -1) if len(shape) == 2 else t
+    out = torch.full(tuple(shape), value)
+    out[tuple(slice(0, s) for s in t.shape)] = t
+    return out
+
+
+def _unpadded(t: torch.Tensor, shape: Sequence[int], transpose: bool) -> torch.Tensor:
+    """Inverse of :func:`_padded`: the member's true region of its stacked slice ``t``, in solo shape."""
+    if transpose:
+        return t[: shape[1], : shape[0]].t()
+    return t.reshape(-1)[: shape[0]]
