@@ -1,7 +1,8 @@
-"""``python -m benchmarks [--quick]``: run the three figures, print a table, write it as JSON.
+"""``python -m benchmarks [--quick]``: run the four figures, print a table, write it as JSON.
 
 Full budget (about 10 minutes on 2 CPU cores): throughput 5 x 20 epochs of each loop; overhead 3 x (24 trials x 30
-epochs, FIFO, 2 at a time); ASHA vs FIFO 3 x 32 trials x up to 30 epochs. ``--quick`` shrinks everything to
+epochs, FIFO, 2 at a time); ASHA vs FIFO 3 x 32 trials x up to 30 epochs; packed trials 3 x (1, 4, 8, 16 trials x 3
+epochs, packed and one after another). ``--quick`` shrinks everything to
 seconds (it checks that the benchmark runs, its numbers mean nothing).
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
-PARTS = ("throughput", "overhead", "asha")
+PARTS = ("throughput", "overhead", "asha", "packed")
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,11 @@ class Budget:
     asha_trials: int = 32
     asha_epochs: int = 30  # configs/digits.yaml's ASHA: grace 4, factor 3 → rungs at 4 and 12 epochs
     overhead_warmups: int = 1  # untimed pairs first, so neither side pays for a cold file cache
+    packed_epochs: int = 3  # per trial, for each pack size (1, 4, 8, 16 trials): ~30 s on one core
 
 
 QUICK = Budget(reps=1, throughput_reps=1, throughput_epochs=2, overhead_trials=2, overhead_epochs=2,
-               asha_trials=3, asha_epochs=3, overhead_warmups=0)
+               asha_trials=3, asha_epochs=3, overhead_warmups=0, packed_epochs=1)
 
 # The issue's targets: ratio direction and threshold.
 TARGETS = {
@@ -47,7 +49,7 @@ TARGETS = {
 
 
 def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir: Path) -> dict:
-    from benchmarks import asha, machine, overhead, throughput  # everything imported up front: one code version
+    from benchmarks import asha, machine, overhead, packed, throughput  # imported up front: one code version
 
     results: dict = {"machine": machine.describe(), "budget": asdict(budget), "config": config}
     started = time.perf_counter()
@@ -79,6 +81,13 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         if budget.asha_epochs < 12:  # the quick budget: keep a rung inside the few epochs there are
             overrides.append("scheduler.grace_period=1")
         results["asha"] = asha.measure(config, overrides, budget.reps, workdir)
+    if "packed" in parts:
+        from search.config import load_config
+        from search.dataset import split_from_config
+
+        data = split_from_config(load_config(config)).trial_data()
+        results["packed"] = packed.measure(data, budget.packed_epochs, budget.reps)
+        _save(results, out)
     results["machine"]["load_after"] = machine.load()
     results["total_s"] = time.perf_counter() - started
     results["targets"] = _check_targets(results)
@@ -132,6 +141,12 @@ def table(results: dict) -> str:
                     f"| {a['fifo_epochs']:.0f} (FIFO) | {a['epochs_ratio']:.2f}x | {target('asha_epochs')} |")
         rows.append(f"| best val accuracy | {a['asha_best_val_accuracy']:.4f} (ASHA) | {a['fifo_best_val_accuracy']:.4f} (FIFO) "
                     f"| {a['accuracy_gap_pp']:+.2f} pp gap | {target('asha_accuracy')} |")
+    if "packed" in results:
+        p = results["packed"]
+        for row in p["rows"]:
+            rows.append(f"| {row['members']} packed trials, epochs/s (CPU {p['threads']} thread) | "
+                        f"{row['packed_epochs_per_s']:.1f} | {row['sequential_epochs_per_s']:.1f} (one after another) "
+                        f"| {row['ratio']:.2f}x | - |")
     head = (f"Machine: {m['cpu']} ({m['cpus']} CPUs), GPU: {m['gpu']}; torch {m['torch']}, ray {m['ray']}, "
             f"optuna {m['optuna']}. Load average (1/5/15 min) before {m['load_before']}, after {m.get('load_after')}. "
             f"Median of {b['reps']} repetitions ({b['throughput_reps']} for throughput); total {results.get('total_s', 0):.0f} s.")

@@ -292,10 +292,15 @@ class Pack:
             else:
                 self.masks.append((torch.arange(width, device=self.device).view(1, 1, -1) < true).float())
         self.any_decay = bool((self.coef["wd"] != 0).any())
-        # Members by true width, per padded layer (see _PaddedLinear).
-        self.width_groups = [None if mask is None else
-                             [(int(w), self.coef[f"width{layer}"] == w) for w in self.coef[f"width{layer}"].unique()]
-                             for layer, mask in enumerate(self.masks)]
+        # Padded members by true width, per layer, where summing a bias gradient over the true width only makes it
+        # bit-equal to the solo one (see _PaddedLinear): widths that fill whole vectors of the CPU kernels. Other
+        # widths differ from solo training by rounding in batch norm's backward pass anyway.
+        vector = _kernel_vector_width() if self.device.type == "cpu" else None
+        self.width_groups = []
+        for layer, pad in enumerate(self.widths):
+            true = self.coef[f"width{layer}"]
+            widths = [int(w) for w in true.unique() if vector and int(w) < pad and int(w) % vector == 0]
+            self.width_groups.append([(w, true == w) for w in widths] or None)
         self.tails = {name: state["tail"] if bool(state["tail"].any()) else None for name, state in self.moments.items()}
         self.any_dropout = bool((self.coef["dropout"] > 0).any())
         self.keep = (1.0 - self.coef["dropout"]).float()
@@ -376,7 +381,7 @@ class Pack:
             mask = self.masks[layer]
             if h.dim() == 2:  # validation: every member sees the same rows
                 h = torch.matmul(h, w) + b
-            elif mask is not None and self.norm == "batch":
+            elif self.width_groups[layer] is not None and self.norm == "batch":
                 h = _PaddedLinear.apply(h, w, b, self.width_groups[layer])
             else:
                 h = torch.baddbmm(b, h, w)
@@ -536,7 +541,7 @@ class _PaddedLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         grad_x = grad.bmm(w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         grad_w = x.transpose(1, 2).bmm(grad)
-        grad_b = torch.zeros(grad.shape[0], 1, grad.shape[2], dtype=grad.dtype, device=grad.device)
+        grad_b = grad.sum(dim=1, keepdim=True)
         for width, members in ctx.groups:
             sums = grad[:, :, :width].sum(dim=1, keepdim=True)
             grad_b[:, :, :width] = torch.where(members, sums, grad_b[:, :, :width])
