@@ -160,8 +160,10 @@ class Pack:
 
     def _clear(self) -> None:
         self.key, self.tensors, self.data = None, None, None
-        self.params: dict[str, torch.Tensor] = {}  # stacked leaves, [M, ...] (see _layout)
-        self.moments: dict[str, dict[str, torch.Tensor]] = {}  # optimizer state per parameter name, [M, ...]
+        # Every member's parameters in one row of one leaf [M, P] (see params for their shapes), so that the
+        # optimizer steps all of them in a handful of operations; its state in rows alike, plus "tail" (see _tail_mask).
+        self.flat: torch.Tensor | None = None
+        self.state: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}  # batch-norm running statistics, [M, width]
         self.coef: dict[str, torch.Tensor] = {}  # per-member coefficients, [M, 1, 1]
 
@@ -211,8 +213,8 @@ class Pack:
             return True
         rows = torch.tensor(keep, device=self.device)
         pick = lambda t: t.index_select(0, rows)  # noqa: E731
-        self.params = {k: pick(v.detach()).requires_grad_() for k, v in self.params.items()}
-        self.moments = {k: {n: pick(t) for n, t in v.items()} for k, v in self.moments.items()}
+        self.flat = pick(self.flat.detach()).requires_grad_()
+        self.state = {k: pick(v) for k, v in self.state.items()}
         self.buffers = {k: pick(v) for k, v in self.buffers.items()}
         self.coef = {k: pick(v) for k, v in self.coef.items()}
         self._update_masks()
@@ -242,17 +244,30 @@ class Pack:
             if layer < len(self.widths) and self.norm != "none":
                 self.layout[f"g{layer}"] = ((1, n_out), False)
                 self.layout[f"n{layer}"] = ((1, n_out), False)
+        self.offsets: dict[str, tuple[int, int, tuple[int, ...]]] = {}  # name → start, size, shape in a row of flat
+        start = 0
+        for name, (shape, _) in self.layout.items():
+            self.offsets[name] = (start, math.prod(shape), shape)
+            start += math.prod(shape)
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """The stacked parameters by name, [M, ...]: views of ``flat`` (a hidden layer's weight is [M, in, out])."""
+        m = self.flat.shape[0]
+        return {name: self.flat[:, start : start + size].view(m, *shape)
+                for name, (start, size, shape) in self.offsets.items()}
 
     def _insert(self, member: _Member) -> None:
         """Append a member's parameters, optimizer state, statistics and coefficients to the stacks."""
         model, optimizer = member.model, member.optimizer
-        new_params, new_moments = {}, {}
-        for (name, (shape, transpose)), p in zip(self.layout.items(), model.parameters()):
-            new_params[name] = _padded(p.detach(), shape, transpose)
+        row: list[torch.Tensor] = []
+        state_rows: dict[str, list[torch.Tensor]] = {n: [] for n in (*_MOMENTS[self.optimizer_name], "tail")}
+        for (shape, transpose), p in zip(self.layout.values(), model.parameters()):
+            row.append(_padded(p.detach(), shape, transpose).reshape(-1))
             state = optimizer.state.get(p, {})
-            new_moments[name] = {n: _padded(state[n], shape, transpose) if n in state else torch.zeros(shape)
-                                 for n in _MOMENTS[self.optimizer_name]}
-            new_moments[name]["tail"] = _padded(_tail_mask(p, self.device), shape, transpose).bool()
+            for n in _MOMENTS[self.optimizer_name]:
+                state_rows[n].append((_padded(state[n], shape, transpose) if n in state else torch.zeros(shape)).reshape(-1))
+            state_rows["tail"].append(_padded(_tail_mask(p, self.device), shape, transpose).reshape(-1))
         norms = [m for m in model if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm))]
         new_buffers = {}
         for layer, norm in enumerate(norms):
@@ -271,10 +286,9 @@ class Pack:
         # Kept in double precision (as torch.optim keeps them, Python floats); cast to float32 where they multiply.
         coef_tensors = {k: torch.tensor(float(v), dtype=torch.float64).view(1, 1, 1) for k, v in coef.items()}
         append = lambda old, new: new.to(self.device) if old is None else torch.cat([old, new.to(self.device)])  # noqa: E731
-        old_params = {k: v.detach() for k, v in self.params.items()}
-        self.params = {k: append(old_params.get(k), t.unsqueeze(0)).requires_grad_() for k, t in new_params.items()}
-        self.moments = {k: {n: append(self.moments.get(k, {}).get(n), t.unsqueeze(0)) for n, t in v.items()}
-                        for k, v in new_moments.items()}
+        self.flat = append(None if self.flat is None else self.flat.detach(), torch.cat(row)[None]).requires_grad_()
+        self.state = {n: append(self.state.get(n), torch.cat(rows)[None]) for n, rows in state_rows.items()}
+        self.state["tail"] = self.state["tail"].bool()
         self.buffers = {k: append(self.buffers.get(k), t.unsqueeze(0) if k != "nbt" else t)
                         for k, t in new_buffers.items()}
         self.coef = {k: append(self.coef.get(k), t) for k, t in coef_tensors.items()}
@@ -301,13 +315,17 @@ class Pack:
             true = self.coef[f"width{layer}"]
             widths = [int(w) for w in true.unique() if vector and int(w) < pad and int(w) % vector == 0]
             self.width_groups.append([(w, true == w) for w in widths] or None)
-        self.tails = {name: state["tail"] if bool(state["tail"].any()) else None for name, state in self.moments.items()}
+        self.tail = self.state["tail"] if bool(self.state["tail"].any()) else None
         self.any_dropout = bool((self.coef["dropout"] > 0).any())
         self.keep = (1.0 - self.coef["dropout"]).float()
         self.coef32 = {k: v.float() for k, v in self.coef.items()}
-        self.one_minus = {k: (1 - self.coef[k]).float() for k in ("beta1", "beta2")}
-        self.neg_lr = (-self.coef["lr"]).float()
-        self.decay = (1 - self.coef["lr"] * self.coef["wd"]).float()  # AdamW's decoupled weight decay
+        # The optimizer's coefficients, [M, 1] against rows of flat.
+        rows = {k: v.view(-1, 1) for k, v in self.coef32.items()}
+        rows["one_minus_beta1"] = (1 - self.coef["beta1"]).float().view(-1, 1)
+        rows["one_minus_beta2"] = (1 - self.coef["beta2"]).float().view(-1, 1)
+        rows["neg_lr"] = (-self.coef["lr"]).float().view(-1, 1)
+        rows["decay"] = (1 - self.coef["lr"] * self.coef["wd"]).float().view(-1, 1)  # AdamW's decoupled decay
+        self.rows = rows
 
     # ---- training ------------------------------------------------------------------------------------------------
 
@@ -348,7 +366,6 @@ class Pack:
         # Exactly the solo shuffle: a CPU generator seeded seed + epoch, per member.
         order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(mb.seed + mb.epoch))
                              for mb in self.members]).to(x.device)
-        leaves = list(self.params.values())
         losses, sizes = [], []
         for start in range(0, n, size):
             idx = order[:, start : start + size]
@@ -361,8 +378,7 @@ class Pack:
                 out = self._forward(xb, training=True)
                 per_row = self.loss_none(out.reshape(m * b, -1), loss_target(self.task, yb))
             member_losses = per_row.float().reshape(m, -1).mean(dim=1)  # each member's mean loss, as alone
-            for p in leaves:
-                p.grad = None
+            self.flat.grad = None
             member_losses.sum().backward()  # d(sum)/d(member's weights) = that member's own gradient
             self._optimizer_step()
             losses.append(member_losses.detach())
@@ -386,9 +402,9 @@ class Pack:
             else:
                 h = torch.baddbmm(b, h, w)
             if self.norm == "batch":
-                h = self._batch_norm(h, layer, training)
+                h = self._batch_norm(h, layer, training, p)
             elif self.norm == "layer":
-                h = self._layer_norm(h, layer, mask)
+                h = self._layer_norm(h, layer, mask, p)
             h = self.activation(h)
             if mask is not None:
                 h = h * mask  # padded units stay exactly zero, whatever the activation gives at zero
@@ -397,22 +413,22 @@ class Pack:
         last = len(self.widths)
         return torch.baddbmm(p[f"b{last}"], h, p[f"w{last}"])
 
-    def _batch_norm(self, h: torch.Tensor, layer: int, training: bool) -> torch.Tensor:
+    def _batch_norm(self, h: torch.Tensor, layer: int, training: bool, p: dict) -> torch.Tensor:
         """nn.BatchNorm1d per member: the members' units side by side as one BatchNorm over M * width channels,
         each with its own running statistics (momentum 0.1, unbiased running variance, eps 1e-5)."""
         m, rows, width = h.shape
         flat = h.transpose(0, 1).reshape(rows, m * width)
         out = torch.nn.functional.batch_norm(
             flat, self.buffers[f"rm{layer}"].view(-1), self.buffers[f"rv{layer}"].view(-1),
-            self.params[f"g{layer}"].reshape(-1), self.params[f"n{layer}"].reshape(-1),
+            p[f"g{layer}"].reshape(-1), p[f"n{layer}"].reshape(-1),
             training=training, momentum=0.1, eps=1e-5)
         if training and layer == 0:
             self.buffers["nbt"] += 1
         return out.view(rows, m, width).transpose(0, 1)
 
-    def _layer_norm(self, h: torch.Tensor, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _layer_norm(self, h: torch.Tensor, layer: int, mask: torch.Tensor | None, p: dict) -> torch.Tensor:
         """nn.LayerNorm per member over its true width only (eps 1e-5)."""
-        g, b = self.params[f"g{layer}"], self.params[f"n{layer}"]
+        g, b = p[f"g{layer}"], p[f"n{layer}"]
         if mask is None:
             return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=1e-5) * g + b
         count = self.coef32[f"width{layer}"]
@@ -424,52 +440,45 @@ class Pack:
     @torch.no_grad()
     def _optimizer_step(self) -> None:
         """torch.optim.Adam / AdamW / SGD's update, every member with its own coefficients ([M, 1, 1])."""
-        c, c32 = self.coef, self.coef32
+        c, r = self.coef, self.rows
         c["step"] += 1
         # torch's fused CPU kernels' arithmetic (aten/src/ATen/native/cpu/Fused{SGD,Adam}Kernel.cpp), operation by
-        # operation, fused multiply-adds included (addcmul and lerp are fused the same way): a member's gradients
-        # are then the same bits as alone, which matters where Adam normalizes a gradient of pure rounding noise (a
-        # bias before batch norm) into a full step.
+        # operation, fused multiply-adds included (addcmul and lerp are fused the same way): a member's weights
+        # then stay the same bits as alone, which matters where Adam normalizes a gradient of pure rounding noise
+        # (a bias before batch norm) into a full step.
+        p, grad, state, tail = self.flat, self.flat.grad, self.state, self.tail
         if self.optimizer_name == "sgd":
-            for name, p in self.params.items():
-                grad = torch.addcmul(p.grad, p, c32["wd"]) if self.any_decay else p.grad
-                state = self.moments[name]
-                buf = state["momentum_buffer"]
-                tail = self.tails[name]
-                if tail is not None:  # the kernel's scalar loop fuses buf * momentum + grad into one rounding
-                    state["momentum_buffer"] = torch.where(tail, torch.addcmul(grad, buf, c32["momentum"]),
-                                                           buf.mul(c32["momentum"]).add_(grad))
-                    buf = state["momentum_buffer"]
-                else:
-                    buf.mul_(c32["momentum"]).add_(grad)  # a zero buffer's first step is grad itself, as torch's
-                p.addcmul_(buf, self.neg_lr)
+            if self.any_decay:
+                grad = torch.addcmul(grad, p, r["wd"])
+            buf = state["momentum_buffer"]
+            if tail is not None:  # the kernel's scalar loop fuses buf * momentum + grad into one rounding
+                buf = state["momentum_buffer"] = torch.where(tail, torch.addcmul(grad, buf, r["momentum"]),
+                                                             buf.mul(r["momentum"]).add_(grad))
+            else:
+                buf.mul_(r["momentum"]).add_(grad)  # a zero buffer's first step is grad itself, as torch's
+            p.addcmul_(buf, r["neg_lr"])
             return
         # Bias corrections from each member's own step count, in double precision, as torch computes them.
         step = c["step"]
-        step_size = (c["lr"] / (1 - c["beta1"] ** step)).float()
-        correction2 = (1 - c["beta2"] ** step).sqrt().float()
-        decoupled = self.optimizer_name == "adamw"
-        for name, p in self.params.items():
-            grad = p.grad
-            if self.any_decay:
-                if decoupled:
-                    p.mul_(self.decay)
-                else:
-                    grad = torch.addcmul(grad, p, c32["wd"])
-            state = self.moments[name]
-            exp_avg = state["exp_avg"].lerp_(grad, self.one_minus["beta1"])
-            scaled = self.one_minus["beta2"] * grad
-            tail = self.tails[name]
-            if tail is not None:  # the kernel's scalar loop rounds (1 - beta2) * grad * grad, fuses the rest
-                state["exp_avg_sq"] = torch.where(tail, torch.addcmul(scaled * grad, state["exp_avg_sq"], c32["beta2"]),
-                                                  torch.addcmul(state["exp_avg_sq"] * c32["beta2"], scaled, grad))
-                exp_avg_sq = state["exp_avg_sq"]
+        step_size = (c["lr"] / (1 - c["beta1"] ** step)).float().view(-1, 1)
+        correction2 = (1 - c["beta2"] ** step).sqrt().float().view(-1, 1)
+        if self.any_decay:
+            if self.optimizer_name == "adamw":
+                p.mul_(r["decay"])
             else:
-                exp_avg_sq = state["exp_avg_sq"].mul_(c32["beta2"]).addcmul_(scaled, grad)
-            # Through double precision: correctly rounded as the fused kernel's, where float sqrt goes through a
-            # vector math library that is 1 ulp off now and then.
-            denom = (exp_avg_sq.double().sqrt().float() / correction2).add_(c32["eps"])
-            p.sub_(step_size * exp_avg / denom)
+                grad = torch.addcmul(grad, p, r["wd"])
+        exp_avg = state["exp_avg"].lerp_(grad, r["one_minus_beta1"])
+        scaled = r["one_minus_beta2"] * grad
+        if tail is not None:  # the kernel's scalar loop rounds (1 - beta2) * grad * grad, fuses the rest
+            exp_avg_sq = state["exp_avg_sq"] = torch.where(
+                tail, torch.addcmul(scaled * grad, state["exp_avg_sq"], r["beta2"]),
+                torch.addcmul(state["exp_avg_sq"] * r["beta2"], scaled, grad))
+        else:
+            exp_avg_sq = state["exp_avg_sq"].mul_(r["beta2"]).addcmul_(scaled, grad)
+        # Through double precision: correctly rounded as the fused kernel's, where float sqrt goes through a vector
+        # math library that is 1 ulp off now and then.
+        denom = (exp_avg_sq.double().sqrt().float() / correction2).add_(r["eps"])
+        p.sub_(step_size * exp_avg / denom)
 
     def _evaluate(self) -> list[dict | None]:
         """Each member's validation loss and metrics (None for a member whose outputs are not finite), computed
@@ -497,8 +506,9 @@ class Pack:
         shapes, on the CPU."""
         model = self.members[index].model
         with torch.no_grad():
+            params = self.params
             for (name, (_, transpose)), p in zip(self.layout.items(), model.parameters()):
-                p.copy_(_unpadded(self.params[name][index], p.shape, transpose))
+                p.copy_(_unpadded(params[name][index], p.shape, transpose))
             for layer, norm in enumerate(m for m in model if isinstance(m, nn.BatchNorm1d)):
                 width = norm.num_features
                 norm.running_mean.copy_(self.buffers[f"rm{layer}"][index, :width])
@@ -513,9 +523,10 @@ class Pack:
         step = float(self.coef["step"][index])
         momentum = optimizer.param_groups[0].get("momentum", 0.0)
         for (name, (_, transpose)), p in zip(self.layout.items(), member.model.parameters()):
+            start, size, shape = self.offsets[name]
             # Contiguous copies: torch's fused kernels walk a state tensor's memory as if it were.
-            moments = {n: _unpadded(t[index], p.shape, transpose).detach().to("cpu", copy=True).contiguous()
-                       for n, t in self.moments[name].items() if n != "tail"}
+            moments = {n: _unpadded(self.state[n][index, start : start + size].view(shape), p.shape, transpose)
+                       .detach().to("cpu", copy=True).contiguous() for n in _MOMENTS[self.optimizer_name]}
             optimizer.state.pop(p, None)
             if self.optimizer_name != "sgd":
                 optimizer.state[p] = {"step": torch.tensor(step, dtype=torch.float32), **moments}
