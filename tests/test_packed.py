@@ -129,6 +129,7 @@ def test_a_packed_snapshot_resumes_alone_and_a_solo_snapshot_resumes_packed(data
     # the solo format exactly: the same keys, shapes, optimizer layout and (up to rounding) values
     assert set(snapshot.state) == set(solo_snapshot.state) and snapshot.description == solo_snapshot.description
     assert snapshot.state["epoch"] == 2 and snapshot.state["best_epoch"] == solo_snapshot.state["best_epoch"]
+    assert list(snapshot.state["model"]) == list(solo_snapshot.state["model"])
     for key, tensor in solo_snapshot.state["model"].items():
         assert snapshot.state["model"][key].shape == tensor.shape and snapshot.state["model"][key].dtype == tensor.dtype
         assert torch.allclose(snapshot.state["model"][key].float(), tensor.float(), atol=1e-5), key

@@ -61,7 +61,6 @@ from trainables.train import (
     Snapshot,
     TrainSettings,
     _autocast,
-    _cpu_copy,
     _gather,
     _place_data,
     _rng_state,
@@ -134,6 +133,8 @@ class _Member:
     loss_fn: nn.Module
     progress: Progress
     description: dict
+    # Where each entry of its solo state_dict lives in the pack: key → (kind, stacked name or layer, transposed, shape)
+    entries: list[tuple[str, tuple]] | None = None
 
     @property
     def epoch(self) -> int:
@@ -292,6 +293,7 @@ class Pack:
         self.buffers = {k: append(self.buffers.get(k), t.unsqueeze(0) if k != "nbt" else t)
                         for k, t in new_buffers.items()}
         self.coef = {k: append(self.coef.get(k), t) for k, t in coef_tensors.items()}
+        member.entries = _state_entries(model, list(self.layout.items()))
         self.members.append(member)
         self._update_masks()
 
@@ -504,17 +506,18 @@ class Pack:
     def member_weights(self, index: int) -> dict:
         """Member ``index``'s weights as its trial would hold them alone: ``build_mlp(arch).state_dict()`` of its true
         shapes, on the CPU."""
-        model = self.members[index].model
-        with torch.no_grad():
-            params = self.params
-            for (name, (_, transpose)), p in zip(self.layout.items(), model.parameters()):
-                p.copy_(_unpadded(params[name][index], p.shape, transpose))
-            for layer, norm in enumerate(m for m in model if isinstance(m, nn.BatchNorm1d)):
-                width = norm.num_features
-                norm.running_mean.copy_(self.buffers[f"rm{layer}"][index, :width])
-                norm.running_var.copy_(self.buffers[f"rv{layer}"][index, :width])
-                norm.num_batches_tracked.fill_(int(self.buffers["nbt"][index]))
-        return _cpu_copy(model.state_dict())
+        member, row = self.members[index], self.flat[index].detach()
+        weights = {}
+        for key, (kind, where, transpose, shape) in member.entries:
+            if kind == "param":
+                start, size, stacked = self.offsets[where]
+                tensor = _unpadded(row[start : start + size].view(stacked), shape, transpose)
+            elif kind == "nbt":
+                tensor = self.buffers["nbt"][index]
+            else:  # a batch norm's running statistics
+                tensor = self.buffers[f"{kind}{where}"][index, : shape[0]]
+            weights[key] = tensor.to("cpu", copy=True, memory_format=torch.contiguous_format)
+        return weights
 
     def member_optimizer(self, index: int) -> dict:
         """Member ``index``'s optimizer state as its trial's torch.optim optimizer would give it (``state_dict()``)."""
@@ -557,6 +560,22 @@ class _PaddedLinear(torch.autograd.Function):
             sums = grad[:, :, :width].sum(dim=1, keepdim=True)
             grad_b[:, :, :width] = torch.where(members, sums, grad_b[:, :, :width])
         return grad_x, grad_w, grad_b, None
+
+
+def _state_entries(model: nn.Sequential, layout: list) -> list[tuple[str, tuple]]:
+    """For each entry of ``model.state_dict()``, in its order: where the pack keeps it (see Pack.member_weights)."""
+    entries, names, bn_layer = [], iter(layout), 0
+    for index, module in enumerate(model):
+        for name, p in module.named_parameters(recurse=False):
+            stacked, (_, transpose) = next(names)
+            entries.append((f"{index}.{name}", ("param", stacked, transpose, tuple(p.shape))))
+        if isinstance(module, nn.BatchNorm1d):
+            width = (module.num_features,)
+            entries += [(f"{index}.running_mean", ("rm", bn_layer, False, width)),
+                        (f"{index}.running_var", ("rv", bn_layer, False, width)),
+                        (f"{index}.num_batches_tracked", ("nbt", bn_layer, False, ()))]
+            bn_layer += 1
+    return entries
 
 
 def _tail_mask(p: torch.Tensor, device: torch.device) -> torch.Tensor:
