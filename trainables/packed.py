@@ -307,6 +307,10 @@ class Pack:
                 self.masks.append(None)
             else:
                 self.masks.append((torch.arange(width, device=self.device).view(1, 1, -1) < true).float())
+        # A padded unit's pre-activation is exactly zero (zero weights and bias; batch norm maps a constant zero to
+        # its zero shift, the masked layer norm to its zero shift), so an activation that is zero at zero (all of
+        # trainables.names.ACTIVATIONS) keeps it zero without a mask; one that is not (a sigmoid) is masked.
+        self.mask_activations = float(self.activation(torch.zeros(1))) != 0.0
         self.any_decay = bool((self.coef["wd"] != 0).any())
         # Padded members by true width, per layer, where summing a bias gradient over the true width only makes it
         # bit-equal to the solo one (see _PaddedLinear): widths that fill whole vectors of the CPU kernels. Other
@@ -408,7 +412,7 @@ class Pack:
             elif self.norm == "layer":
                 h = self._layer_norm(h, layer, mask, p)
             h = self.activation(h)
-            if mask is not None:
+            if mask is not None and self.mask_activations:
                 h = h * mask  # padded units stay exactly zero, whatever the activation gives at zero
             if training and self.any_dropout:
                 h = h * (torch.rand(h.shape, device=h.device) < self.keep) / self.keep
@@ -479,7 +483,8 @@ class Pack:
             exp_avg_sq = state["exp_avg_sq"].mul_(r["beta2"]).addcmul_(scaled, grad)
         # Through double precision: correctly rounded as the fused kernel's, where float sqrt goes through a vector
         # math library that is 1 ulp off now and then.
-        denom = (exp_avg_sq.double().sqrt().float() / correction2).add_(r["eps"])
+        root = exp_avg_sq.double().sqrt().float() if self.device.type == "cpu" else exp_avg_sq.sqrt()
+        denom = (root / correction2).add_(r["eps"])
         p.sub_(step_size * exp_avg / denom)
 
     def _evaluate(self) -> list[dict | None]:
