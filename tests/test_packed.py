@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.reporting import STOPPED_NO_IMPROVEMENT
 from trainables.packed import CPU_MAX_WIDTH, Pack, _kernel_vector_width, pack_key, width_bucket
 from trainables.splitting import split_dataset
 from trainables.train import TrainSettings, train_trial
@@ -248,3 +249,14 @@ def test_the_optimizer_reproduces_torchs_fused_kernel_bit_for_bit(datasets, opti
     alone = solo(params, data, epochs=2)[-1][1].state["model"]
     together = pack.member_weights(0)
     assert all(torch.equal(together[key], alone[key]) for key in alone), optimizer
+
+
+def test_a_member_out_of_patience_stops_alone_as_it_would_alone(datasets):
+    data = datasets["digits"]
+    eager = {**BASE, "optimizer": "sgd", "norm": "none", "lr": 3.0, "momentum": 0.9}  # noisy: soon stops improving
+    steady = {**eager, "lr": 1e-2}
+    together, _ = packed({"eager": (eager, 0), "steady": (steady, 0)}, data, epochs=8, patience=2)
+    alone = solo(eager, data, epochs=8, patience=2)
+    assert STOPPED_NO_IMPROVEMENT in alone[-1][0] and len(alone) < 8 and alone[-1][1] is not None
+    assert_same_reports(alone, together["eager"])
+    assert_same_reports(solo(steady, data, epochs=8, patience=2), together["steady"])

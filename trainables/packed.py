@@ -12,7 +12,7 @@ from a checkpoint) and leave between epochs, at different epoch numbers.
 What packs (differs freely between members of one pack):
     ``lr``, ``weight_decay``, ``momentum`` (SGD), ``dropout``, the seed (so the initialization and batch order),
     and each hidden layer's width within its bucket (see below); also each member's :class:`TrainSettings` apart
-    from the device: ``max_epochs``, ``metric``, ``checkpoint_every``, ``decision_epochs``.
+    from the device: ``max_epochs``, ``metric``, ``checkpoint_every``, ``decision_epochs``, ``patience``.
 What splits packs (must be equal):
     the data (same rows and preprocessing), ``batch_size`` (every member takes the same number of steps per epoch),
     ``n_layers``, ``activation``, ``norm``, ``optimizer``, ``loss``, and each layer's width bucket. A configuration
@@ -352,7 +352,7 @@ class Pack:
     def step(self) -> dict[Hashable, tuple[dict, Snapshot | None]]:
         """Train every member one epoch (each at its own next epoch) and validate it. Returns, per member id, the
         ``(metrics, snapshot)`` pair ``train_trial`` would report for that epoch. Members whose report ends their
-        trial (finished or diverged) have left the pack when this returns."""
+        trial (finished, out of patience or diverged) have left the pack when this returns."""
         if not self.members:
             return {}
         train_losses = self._train_epoch()
@@ -373,7 +373,7 @@ class Pack:
                 snapshot = Snapshot(state,
                                     member.description)
             results[member.member_id] = (metrics, snapshot)
-            if metrics["finished"]:
+            if metrics["finished"] or member.progress.stopped:  # done, or out of patience (settings.patience)
                 ended.append(member.member_id)
         for member_id in ended:
             self.remove(member_id)
