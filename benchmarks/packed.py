@@ -24,10 +24,10 @@ MEMBERS = (1, 4, 8, 16)
 FIXED = {"n_layers": 2, "activation": "relu", "norm": "batch", "optimizer": "adam", "batch_size": 64, "dropout": 0.0}
 
 
-def configurations(count: int, seed: int = 0, widths: tuple[int, int] = (17, 32)) -> list[dict]:
-    """``count`` configurations of the packing slice, drawn reproducibly."""
+def configurations(count: int, seed: int = 0, widths: tuple[int, int] = (17, 32), **fixed) -> list[dict]:
+    """``count`` configurations of the packing slice (``fixed`` overrides FIXED), drawn reproducibly."""
     rng = random.Random(seed)
-    return [{**FIXED, "units_0": rng.randint(*widths), "units_1": rng.randint(*widths),
+    return [{**FIXED, **fixed, "units_0": rng.randint(*widths), "units_1": rng.randint(*widths),
              "lr": 10 ** rng.uniform(-3.5, -2), "weight_decay": 10 ** rng.uniform(-6, -3)} for _ in range(count)]
 
 
@@ -54,11 +54,11 @@ def _timed(fn, *args) -> float:
 
 
 def measure(data: TrialData, epochs: int = 3, reps: int = 1, members: tuple[int, ...] = MEMBERS,
-            device: str = "cpu", threads: int = 1, widths: tuple[int, int] = (17, 32)) -> dict:
+            device: str = "cpu", threads: int = 1, widths: tuple[int, int] = (17, 32), **fixed) -> dict:
     """Epochs/s both ways for each pack size (median of ``reps``, alternating which goes first), after a warm-up.
     Both sides validate, track the best epoch and hand out snapshots exactly as a search would."""
     torch.set_num_threads(threads)
-    configs = configurations(max(members), widths=widths)
+    configs = configurations(max(members), widths=widths, **fixed)
     assert len({pack_key(c, data, device) for c in configs}) == 1, "the benchmark's configurations must pack"
     one_after_another(configs[:1], data, 1, device)  # warm-up: first-call allocations, kernel selection
     as_one_pack(configs[:2], data, 1, device)
@@ -74,11 +74,12 @@ def measure(data: TrialData, epochs: int = 3, reps: int = 1, members: tuple[int,
         rows.append({"members": m, "sequential_epochs_per_s": m * epochs / sequential,
                      "packed_epochs_per_s": m * epochs / packed, "ratio": sequential / packed})
     return {"device": str(device), "threads": threads, "epochs": epochs, "n_train": len(data.x_train),
-            "fixed": FIXED, "widths": list(widths), "rows": rows}
+            "fixed": {**FIXED, **fixed}, "widths": list(widths), "rows": rows}
 
 
 def table(result: dict) -> str:
-    lines = [f"packed vs one after another, {result['device']}, {result['threads']} thread(s), widths "
+    lines = [f"packed vs one after another, {result['device']}, {result['threads']} thread(s), "
+             f"norm {result['fixed']['norm']}, {result['fixed']['optimizer']}, widths "
              f"{result['widths'][0]}-{result['widths'][1]}, {result['epochs']} epochs, {result['n_train']} rows",
              "| members | sequential epochs/s | packed epochs/s | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['members']} | {r['sequential_epochs_per_s']:.1f} | {r['packed_epochs_per_s']:.1f} | "
@@ -94,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--members", default=",".join(map(str, MEMBERS)))
     parser.add_argument("--widths", default="17,32", help="range of hidden widths drawn (one bucket)")
+    parser.add_argument("--norm", default=FIXED["norm"], choices=["none", "batch", "layer"])
+    parser.add_argument("--optimizer", default=FIXED["optimizer"], choices=["adam", "adamw", "sgd"])
     args = parser.parse_args(argv)
     from trainables.splitting import split_dataset
 
     data = split_dataset("sklearn:digits", "auto", 0.15, 0.15, 0).trial_data()  # configs/digits.yaml's split
     low, high = (int(w) for w in args.widths.split(","))
     result = measure(data, args.epochs, args.reps, tuple(int(m) for m in args.members.split(",")), args.device,
-                     args.threads, (low, high))
+                     args.threads, (low, high), norm=args.norm, optimizer=args.optimizer)
     print(table(result))
     return 0
 

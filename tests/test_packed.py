@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.packed import CPU_MAX_WIDTH, Pack, pack_key, width_bucket
+from trainables.reporting import STOPPED_NO_IMPROVEMENT
+from trainables.packed import CPU_MAX_WIDTH, Pack, _kernel_vector_width, pack_key, width_bucket
 from trainables.splitting import split_dataset
 from trainables.train import TrainSettings, train_trial
 
@@ -159,21 +160,23 @@ def test_a_finished_checkpoint_does_not_join(datasets):
     assert not Pack().add("done", params, data, TrainSettings(max_epochs=2), resume=last.state)
 
 
-def test_padded_units_stay_exactly_zero(datasets):
+@pytest.mark.parametrize("norm,activation", [("layer", "silu"), ("batch", "elu"), ("none", "gelu")])
+def test_padded_units_stay_exactly_zero(datasets, norm, activation):
     data = datasets["digits"]
-    narrow = {**BASE, "optimizer": "adam", "norm": "layer", "activation": "silu", "units_0": 20, "units_1": 9,
-              "weight_decay": 1e-2, "lr": 1e-2}
+    narrow = {**BASE, "optimizer": "adamw", "norm": norm, "activation": activation, "units_0": 24, "units_1": 24,
+              "weight_decay": 1e-2, "lr": 1e-2}  # whole vectors wide: bit-exact with batch norm too (see trainables.packed)
     pack = Pack()
-    pack.add("wide", {**narrow, "units_0": 32, "units_1": 16}, data, TrainSettings(max_epochs=3))
+    pack.add("wide", {**narrow, "units_0": 32, "units_1": 32}, data, TrainSettings(max_epochs=3))
     pack.add("narrow", narrow, data, TrainSettings(max_epochs=3))
-    pack.step()
-    pack.step()
+    pack_reports = [pack.step()["narrow"] for _ in range(2)]
     w0, w1, w2 = (pack.params[f"w{i}"].detach()[1] for i in range(3))
-    assert w0.shape == (64, 32) and w1.shape == (32, 16)
-    assert torch.all(w0[:, 20:] == 0) and torch.all(w1[20:, :] == 0) and torch.all(w1[:, 9:] == 0)
-    assert torch.all(w2[9:, :] == 0) and torch.any(w1[:20, :9] != 0)
-    for name in ("b0", "g0", "n0"):
-        assert torch.all(pack.params[name].detach()[1, :, 20:] == 0), name
+    assert w0.shape == (64, 32) and w1.shape == (32, 32)
+    assert torch.all(w0[:, 24:] == 0) and torch.all(w1[24:, :] == 0) and torch.all(w1[:, 24:] == 0)
+    assert torch.all(w2[24:, :] == 0) and torch.any(w1[:24, :24] != 0)
+    for name in ("b0", "g0", "n0") if norm != "none" else ("b0",):
+        assert torch.all(pack.params[name].detach()[1, :, 24:] == 0), name
+    # and the narrow member computes what it would alone
+    assert_same_reports(solo(narrow, data, epochs=3)[:2], [report for report in pack_reports])
 
 
 def test_dropout_members_pack_without_disturbing_the_others(datasets):
@@ -228,3 +231,32 @@ def test_reports_follow_each_members_settings(datasets):
     assert first["long"][1] is not None and "best_val_accuracy" in first["long"][0]  # decision epoch, own metric
     assert set(third) == {"long"} and third["long"][0]["finished"] and len(pack) == 0
     assert all(math.isfinite(r[0]["val_loss"]) for r in (first["short"], first["long"]))
+
+
+@pytest.mark.skipif(_kernel_vector_width() is None, reason="torch's fused CPU optimizer kernel is not one we can mirror")
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_the_optimizer_reproduces_torchs_fused_kernel_bit_for_bit(datasets, optimizer):
+    # Batch norm's pre-norm bias has a true gradient of zero: Adam turns any rounding difference there into full
+    # steps, so the functional optimizer mirrors torch's kernel bit for bit, the scalar loop over the last elements
+    # of each tensor (here the 10 output biases) included.
+    data = datasets["digits"]
+    params = {**BASE, "optimizer": optimizer, "norm": "batch", "lr": 1e-2, "weight_decay": 1e-3, "momentum": 0.9}
+    pack = Pack()
+    pack.add("a", params, data, TrainSettings(max_epochs=3))
+    pack.add("b", {**params, "lr": 3e-3, "units_1": 24}, data, TrainSettings(max_epochs=3))
+    pack.step()
+    pack.step()
+    alone = solo(params, data, epochs=2)[-1][1].state["model"]
+    together = pack.member_weights(0)
+    assert all(torch.equal(together[key], alone[key]) for key in alone), optimizer
+
+
+def test_a_member_out_of_patience_stops_alone_as_it_would_alone(datasets):
+    data = datasets["digits"]
+    eager = {**BASE, "optimizer": "sgd", "norm": "none", "lr": 3.0, "momentum": 0.9}  # noisy: soon stops improving
+    steady = {**eager, "lr": 1e-2}
+    together, _ = packed({"eager": (eager, 0), "steady": (steady, 0)}, data, epochs=8, patience=2)
+    alone = solo(eager, data, epochs=8, patience=2)
+    assert STOPPED_NO_IMPROVEMENT in alone[-1][0] and len(alone) < 8 and alone[-1][1] is not None
+    assert_same_reports(alone, together["eager"])
+    assert_same_reports(solo(steady, data, epochs=8, patience=2), together["steady"])

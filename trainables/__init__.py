@@ -10,6 +10,7 @@ _EXPORTS = {
     "split_dataset": "trainables.splitting", "SplitSettings": "trainables.splitting",
     "Architecture": "trainables.model", "build_mlp": "trainables.model",
     "Snapshot": "trainables.train", "TrainSettings": "trainables.train", "train_trial": "trainables.train",
+    "Pack": "trainables.packed", "pack_key": "trainables.packed",
 }
 
 
@@ -21,12 +22,14 @@ def __getattr__(name: str):
 __all__ = [
     "Architecture",
     "DataError",
+    "Pack",
     "Snapshot",
     "SplitDataset",
     "SplitSettings",
     "TrainSettings",
     "TrialData",
     "build_mlp",
+    "pack_key",
     "split_dataset",
     "train_trial",
 ]

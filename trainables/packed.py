@@ -12,28 +12,40 @@ from a checkpoint) and leave between epochs, at different epoch numbers.
 What packs (differs freely between members of one pack):
     ``lr``, ``weight_decay``, ``momentum`` (SGD), ``dropout``, the seed (so the initialization and batch order),
     and each hidden layer's width within its bucket (see below); also each member's :class:`TrainSettings` apart
-    from the device: ``max_epochs``, ``metric``, ``checkpoint_every``, ``decision_epochs``.
+    from the device: ``max_epochs``, ``metric``, ``checkpoint_every``, ``decision_epochs``, ``patience``.
 What splits packs (must be equal):
     the data (same rows and preprocessing), ``batch_size`` (every member takes the same number of steps per epoch),
     ``n_layers``, ``activation``, ``norm``, ``optimizer``, ``loss``, and each layer's width bucket. A configuration
     with cross-validation folds does not pack.
 
-Width buckets: a member narrower than its pack is zero-padded to the pack's width and the padding masked, so the
-padded units are exactly zero (their weights get zero gradients and stay zero) and the member's own units compute
-what they would alone; LayerNorm normalizes over each member's true width. Padding costs the work of the padded
-units, so widths are bucketed by the next power of two (a 16-wide layer is never padded to 512).
+Width buckets: a member narrower than its pack is zero-padded to the pack's width: its padded weights start at zero
+and get exactly zero gradients (the next layer's padded rows are zero), so they stay zero and the member's own units
+compute what they would alone; LayerNorm normalizes over each member's true width; an activation that is not zero at
+zero would be masked. Padding costs the work of the padded units, so widths are bucketed by the next power of two
+(a 16-wide layer is never padded to 512; at most it doubles a layer's work).
 
 On a CPU, stacking pays where per-operation overhead dominates (measured, digits, batch 64, 2 hidden layers: 4.2x
 the throughput of one-after-another at width 32 with 8 models, 1.8x at 128) and costs where the arithmetic
 dominates (0.9x at 256-512), so on a CPU a layer wider than :data:`CPU_MAX_WIDTH` does not pack. On a GPU small
-MLPs are dispatch-bound at every width, so everything packs there.
+MLPs are dispatch-bound at every width, so everything packs there. A pack of one is slower than training alone
+(about 0.6x here): pack only where there is more than one member.
 
-Exactness: without dropout a packed member's metrics equal the solo trial's up to float rounding (different
-reduction orders; ~1e-6 relative after several epochs), and its snapshots resume either way. Members never couple:
-the pack's loss is the sum of the members' losses (each member's gradient is its own), nothing is clipped or scaled
-jointly, and a member whose training loss stops being finite is reported diverged and leaves alone. Dropout masks
-are drawn per member from the global generator, but the draws depend on the pack's composition: with dropout,
-packed and solo training (and a resumed member) agree only statistically.
+Exactness (CPU, no dropout): a member's per-epoch metrics equal its solo trial's to float rounding (tests compare
+to 1e-5 relative; most agree to ~1e-7). The functional optimizer mirrors torch's fused CPU Adam/AdamW/SGD kernels
+operation by operation, so an unpadded member's weights stay bit-equal to solo training. That matters with Adam and
+batch norm: the bias before a batch norm has a true gradient of zero, and Adam turns its rounding noise into
+full-size steps, so any rounding difference grows to ~1e-3 in the metrics within an epoch (as it does between two
+solo runs with different thread counts). Padded members keep bit-equality where their widths are multiples of the
+CPU kernels' vector width (8 here); a padded batch-norm layer of another width (e.g. 20 in a 32 bucket) rounds
+differently in batch norm's backward pass, so with Adam such a member agrees with its solo run only to ~1e-3. Layer
+norm, no norm, and SGD do not amplify rounding: those agree to ~1e-7 at any width. On CUDA nothing is claimed
+beyond float rounding (neither are solo CUDA runs reproducible bit for bit).
+
+Members never couple: the pack's loss is the sum of the members' losses (each member's gradient is its own), nothing
+is clipped or scaled jointly, and a member whose training loss stops being finite is reported diverged and leaves
+alone. Dropout masks are drawn per member from the global generator, but the draws depend on the pack's
+composition: with dropout, packed and solo training (and a resumed member) agree only statistically. A member with
+dropout 0 is unaffected by its neighbours' dropout.
 """
 
 from __future__ import annotations
@@ -54,7 +66,6 @@ from trainables.metrics import loss_target, validation_metrics
 from trainables.model import Architecture, hidden_sizes
 from trainables.names import ACTIVATIONS, NORMS, OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
-from trainables.reporting import is_last_report
 from trainables.splitting import TrialData
 from trainables.train import (
     EVAL_BATCH,
@@ -147,8 +158,10 @@ class Pack:
 
     ``add`` a member (new, or resumed from a state a :class:`Snapshot` carried), ``step`` to train every member one
     epoch and get each one's report, ``remove`` a member whose trial ended elsewhere. A member that finished its
-    ``max_epochs`` or diverged leaves by itself after its last report. ``device`` is where the pack trains (the
-    members' ``settings.device`` is not used); ``amp`` runs the training steps in bf16 autocast on a GPU.
+    ``max_epochs`` or diverged leaves by itself after its last report. Where and how the pack trains is the pack's:
+    ``device``, ``amp`` (bf16 autocast of the training steps on a GPU), ``gpu_share`` and ``stream`` as in
+    :class:`TrainSettings`; a member's own ``device``, ``amp``, ``compile``, ``num_threads``, ``gpu_share`` and
+    ``stream`` are not used (the caller sets the thread count). Members are independent in everything else.
     """
 
     def __init__(self, device: str | torch.device = "cpu", amp: bool = False, gpu_share: float = 1.0,
@@ -308,6 +321,10 @@ class Pack:
                 self.masks.append(None)
             else:
                 self.masks.append((torch.arange(width, device=self.device).view(1, 1, -1) < true).float())
+        # A padded unit's pre-activation is exactly zero (zero weights and bias; batch norm maps a constant zero to
+        # its zero shift, the masked layer norm to its zero shift), so an activation that is zero at zero (all of
+        # trainables.names.ACTIVATIONS) keeps it zero without a mask; one that is not (a sigmoid) is masked.
+        self.mask_activations = float(self.activation(torch.zeros(1))) != 0.0
         self.any_decay = bool((self.coef["wd"] != 0).any())
         # Padded members by true width, per layer, where summing a bias gradient over the true width only makes it
         # bit-equal to the solo one (see _PaddedLinear): widths that fill whole vectors of the CPU kernels. Other
@@ -335,7 +352,7 @@ class Pack:
     def step(self) -> dict[Hashable, tuple[dict, Snapshot | None]]:
         """Train every member one epoch (each at its own next epoch) and validate it. Returns, per member id, the
         ``(metrics, snapshot)`` pair ``train_trial`` would report for that epoch. Members whose report ends their
-        trial (finished or diverged) have left the pack when this returns."""
+        trial (finished, out of patience or diverged) have left the pack when this returns."""
         if not self.members:
             return {}
         train_losses = self._train_epoch()
@@ -356,7 +373,7 @@ class Pack:
                 snapshot = Snapshot(state,
                                     member.description)
             results[member.member_id] = (metrics, snapshot)
-            if is_last_report(metrics):  # finished, diverged or out of patience
+            if metrics["finished"] or member.progress.stopped:  # done, or out of patience (settings.patience)
                 ended.append(member.member_id)
         for member_id in ended:
             self.remove(member_id)
@@ -409,7 +426,7 @@ class Pack:
             elif self.norm == "layer":
                 h = self._layer_norm(h, layer, mask, p)
             h = self.activation(h)
-            if mask is not None:
+            if mask is not None and self.mask_activations:
                 h = h * mask  # padded units stay exactly zero, whatever the activation gives at zero
             if training and self.any_dropout:
                 h = h * (torch.rand(h.shape, device=h.device) < self.keep) / self.keep
@@ -480,7 +497,8 @@ class Pack:
             exp_avg_sq = state["exp_avg_sq"].mul_(r["beta2"]).addcmul_(scaled, grad)
         # Through double precision: correctly rounded as the fused kernel's, where float sqrt goes through a vector
         # math library that is 1 ulp off now and then.
-        denom = (exp_avg_sq.double().sqrt().float() / correction2).add_(r["eps"])
+        root = exp_avg_sq.double().sqrt().float() if self.device.type == "cpu" else exp_avg_sq.sqrt()
+        denom = (root / correction2).add_(r["eps"])
         p.sub_(step_size * exp_avg / denom)
 
     def _evaluate(self) -> list[dict | None]:

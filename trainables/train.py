@@ -180,7 +180,7 @@ def trial_epochs(
                                    optimizers if len(folds) > 1 else optimizers[0], _rng_state(device))
             snapshot = Snapshot(state=state, description=description)
         yield metrics, snapshot
-        if is_last_report(metrics):
+        if progress.stopped:
             return
 
 
@@ -217,50 +217,53 @@ class Solo:
         """Train the next epoch: ``{member_id: (metrics, snapshot)}``; the trial leaves after its last report."""
         if self.epochs is None:
             return {}
+        member_id = self.member_id
         metrics, snapshot = next(self.epochs)
         if is_last_report(metrics):
-            self.remove(self.member_id)
-        return {self.member_id: (metrics, snapshot)}
+            self.remove(member_id)
+        return {member_id: (metrics, snapshot)}
 
 
 class Progress:
     """The per-epoch bookkeeping of one trial, the same for a trial trained alone (:func:`train_trial`) and one
     trained in a pack (:mod:`trainables.packed`): the best epoch so far and its weights, the metrics dict reported
-    each epoch, when a checkpoint is due, and the last report of a diverged trial."""
+    each epoch, when patience has run out, when a checkpoint is due, and the last report of a diverged trial."""
 
     def __init__(self, settings: TrainSettings, resume: dict | None = None) -> None:
         self.settings = settings
         self.sign = 1.0 if metric_mode(settings.metric) == "min" else -1.0  # best_value is sign * metric, minimized
         self.best: dict = {"best_epoch": 0, "best_value": math.inf, "best_model": None}
         self.next_epoch = 1  # the epoch training starts (or continues) with
+        self.stopped = False  # the last recorded epoch ended the trial for lack of improvement (settings.patience)
         if resume is not None:
             self.best = {k: resume[k] for k in self.best}
             self.next_epoch = int(resume["epoch"]) + 1
 
     def record(self, epoch: int, metrics: dict, model_state: Callable[[], dict]) -> dict:
-        """``metrics`` of a finished ``epoch`` plus ``best_<metric>``, ``best_epoch`` and ``finished``;
-        ``model_state()`` (the weights, copied to the CPU) is called only when the epoch is the best so far."""
-        metric = self.settings.metric
+        """``metrics`` of a finished ``epoch`` plus ``best_<metric>``, ``best_epoch``, ``finished`` and, when patience
+        ran out, :data:`STOPPED_NO_IMPROVEMENT` (the trial then ends: :attr:`stopped`); ``model_state()`` (the
+        weights, copied to the CPU) is called only when the epoch is the best so far."""
+        s, metric = self.settings, self.settings.metric
         value = metrics.get(metric, metrics["val_loss"])
         if math.isfinite(value) and self.sign * value < self.best["best_value"]:
             self.best = {"best_epoch": epoch, "best_value": self.sign * value, "best_model": model_state()}
         self.next_epoch = epoch + 1
-        metrics = {**metrics, f"best_{metric}": self.sign * self.best["best_value"],
-                   "best_epoch": self.best["best_epoch"], "finished": epoch == self.settings.max_epochs}
-        patience = self.settings.patience
-        if not metrics["finished"] and patience_ran_out(epoch, self.best["best_epoch"], patience):
-            since = f"best at epoch {self.best['best_epoch']}" if self.best["best_epoch"] else "no finite value yet"
-            epochs = f"{patience} epoch{'s' if patience != 1 else ''}"
+        best_epoch = self.best["best_epoch"]
+        metrics = {**metrics, f"best_{metric}": self.sign * self.best["best_value"], "best_epoch": best_epoch,
+                   "finished": epoch == s.max_epochs}
+        self.stopped = not metrics["finished"] and patience_ran_out(epoch, best_epoch, s.patience)
+        if self.stopped:
+            since = f"best at epoch {best_epoch}" if best_epoch else "no finite value yet"
+            epochs = f"{s.patience} epoch{'s' if s.patience != 1 else ''}"
             metrics[STOPPED_NO_IMPROVEMENT] = f"no improvement of {metric} in {epochs} ({since})"
         return metrics
 
-
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether ``epoch``'s report carries a checkpoint: every ``checkpoint_every`` epochs, at decision epochs, at
-        a patience stop and at the last epoch (never before a best model exists)."""
+        the last epoch and when patience ran out (never before a best model exists)."""
         s = self.settings
         due = (epoch % s.checkpoint_every == 0 or epoch in s.decision_epochs or epoch == s.max_epochs
-               or patience_ran_out(epoch, self.best["best_epoch"], s.patience))  # the last report of a patience stop
+               or self.stopped)
         return due and self.best["best_model"] is not None
 
     def state(self, epoch: int, model: dict | list, optimizer: dict | list, rng: dict) -> dict:
