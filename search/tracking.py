@@ -200,6 +200,8 @@ class TrialRunLogger(tune.Callback):
         now = int(result.get("epoch_end_time", time.time()) * 1000)
         values = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) and _is_number(v)}
         values["epoch_time_s"] = result.get("epoch_time_s", result.get("time_this_iter_s", 0.0))
+        if "pack_members" in result:  # a packed trial: how many trials trained together in this epoch
+            values["pack_members"] = result["pack_members"]
         tags = {}
         if key not in self.at_best or step == 1:
             tags = {k: result[k] for k in ("node_id", "hostname", "device", "pid") if k in result}
