@@ -4,6 +4,7 @@ restored."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -40,6 +41,26 @@ def init_ray(address: str | None) -> bool:
     # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
     ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
     return True
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()`` while Python's cycle collector frees no Ray object, in any thread.
+
+    Tune leaves copies of the trainable it unpickled (seen after a restore: their own parameter registry, holding
+    ObjectRefs of the data) in reference cycles. Freed by a collection that another thread's allocations start
+    while the core worker is being torn down, such an ObjectRef's release reaches the dying core worker and Ray
+    ends the whole process ("The core worker has already been shutdown"): `hps resume`, drawing its review plots
+    meanwhile, died after its search was done, without printing its result. Freed before the shutdown (collected
+    here) or after it, a release is harmless.
+    """
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        ray.shutdown()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def trainable(cfg: HpsConfig, data):

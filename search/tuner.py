@@ -24,7 +24,15 @@ from search.dataset import split_from_config, with_absolute_source
 from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog, TrackingError
 from search.leaderboard import leaderboard, trial_runs
 from search.progress import ProgressPrinter
-from search.ray_setup import SchedulerState, asha_rungs, build_tuner, init_ray, restore_tuner, tuner_callbacks
+from search.ray_setup import (
+    SchedulerState,
+    asha_rungs,
+    build_tuner,
+    init_ray,
+    restore_tuner,
+    shutdown_ray,
+    tuner_callbacks,
+)
 from search.report import write_report
 from search.storage import (
     checkpoint_of,
@@ -274,7 +282,7 @@ def _write_report_and_release_ray(search: _Search, release_ray: bool) -> None:
     if release_ray:
         # Nothing needs Ray any more: stopping the Ray this call started (~2 s, mostly waiting for its processes
         # to exit) overlaps drawing the review plots instead of following them at exit.
-        ray.shutdown()
+        shutdown_ray()
     report.join()
 
 

@@ -1,15 +1,18 @@
-"""Ray wiring without Ray running: ASHA's rungs and scheduler from the config, and ASHA's bookkeeping carried across a
-restore by ``SchedulerState``, driven with recorded trial results (no training, no actors)."""
+"""Ray wiring without Ray running: ASHA's rungs and scheduler from the config, ASHA's bookkeeping carried across a
+restore by ``SchedulerState``, driven with recorded trial results (no training, no actors), and Ray's shutdown
+with no cycle collection running meanwhile."""
 
 from __future__ import annotations
 
+import gc
 import pickle
 from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.config import parse_config
-from search.ray_setup import SchedulerState, asha_rungs, scheduler
+from search import ray_setup
+from search.ray_setup import SchedulerState, asha_rungs, scheduler, shutdown_ray
 from tests.conftest import load_yaml, shrink
 
 # Recorded best_val_loss of three trials at epochs 1 and 2 (ASHA with grace period 1 and reduction factor 2 decides
@@ -72,3 +75,25 @@ def test_a_restored_scheduler_keeps_the_rung_decisions_made_before_the_crash():
     assert replay(fresh_asha(), late)["d", 1] == TrialScheduler.CONTINUE  # without the state: rung decisions lost
     # Trials running at the crash continue in the brackets they were in.
     assert replay(restored, {"a": [0.3, 0.2, 0.1]})["a", 3] == TrialScheduler.CONTINUE
+
+
+class _Cycle:
+    """Garbage only the cycle collector frees; records whether Ray was still up when it was freed."""
+
+    def __init__(self, freed: list) -> None:
+        self.me, self.freed = self, freed
+
+    def __del__(self) -> None:
+        self.freed.append("while Ray was up")
+
+
+def test_ray_shuts_down_with_garbage_collected_before_and_no_collection_during_it(monkeypatch):
+    # Freeing an ObjectRef from another thread while ray.shutdown() tears the core worker down ends the process.
+    freed, seen = [], []
+    _Cycle(freed)
+    monkeypatch.setattr(ray_setup.ray, "shutdown", lambda: seen.append(gc.isenabled()))
+    was_enabled = gc.isenabled()
+    shutdown_ray()
+    assert freed == ["while Ray was up"]  # collected before the shutdown began
+    assert seen == [False]  # nothing collected, in any thread, while it ran
+    assert gc.isenabled() == was_enabled
