@@ -52,6 +52,17 @@ def wait_for_health(uri: str, process: subprocess.Popen, timeout: float = 90) ->
     raise RuntimeError(f"mlflow server at {uri} did not become healthy in {timeout}s")
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server started with ``start_new_session=True`` and every helper process it started: SIGTERM to its
+    process group, SIGKILL if it has not exited within ``timeout`` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
 class MlflowServer:
     """A real `mlflow server` (sqlite backend, proxied artifacts) on a free loopback port that can be stopped and
     started again on the same port, database and artifacts (an outage, a reboot)."""
@@ -80,14 +91,8 @@ class MlflowServer:
 
     def stop(self) -> None:
         """Stop the whole process group: the server starts helper processes (workers, a job consumer)."""
-        if not self.running:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
+        if self.running:
+            stop_process_group(self.process)
 
 
 @pytest.fixture(scope="session")
