@@ -128,21 +128,13 @@ def ray_session():
 @pytest.fixture(autouse=True)
 def mlflow_global_uris_reset():
     """MLflow's process-wide tracking and registry URIs (and the environment variables setting them writes) are
-    reset after each test: a test that points them at its server must not send a later test's registrations
+    restored after each test: a test that points them at its server must not send a later test's registrations
     there (tests/test_evaluate.py left the registry URI at the session's server, which made the recorded-search
     registrations of tests/test_evaluate_recorded.py and tests/test_registry.py fail in a full run)."""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    before = {key: os.environ.get(key) for key in keys}
-    yield
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    from search.connection import preserved_uris
+
+    with preserved_uris():
+        yield
 
 
 def pytest_collection_modifyitems(items) -> None:
