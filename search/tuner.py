@@ -243,6 +243,9 @@ def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray
     summary["hps.writes_given_up"] = str(len(search.given_up))
     if board.empty or board.iloc[0]["outcome"] == "failed":
         _end_failed(search, board, summary)
+    # The order matters: the best model is uploaded from its checkpoint before checkpoints are pruned; Ray is
+    # shut down only once nothing reads through it (see ray_setup.shutdown_ray for what may not overlap it); the
+    # parent run is closed last, so a search that dies before that is not recorded as finished.
     _mark_best(search, results, board.iloc[0])
     _prune_checkpoints(search, results)
     _write_report_and_release_ray(search, release_ray)
