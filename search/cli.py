@@ -90,7 +90,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _report_outcome(execute) -> int:
     """Run a search (new or resumed); print its leaderboard, or why it ended early, with the right exit code."""
-    from search.tuner import SearchFailed, SearchInterrupted, TrackingBacklog
+    from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog
 
     try:
         outcome = execute()
