@@ -33,6 +33,8 @@ from search.report import write_report
 from search.connection import connect
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
+from search import warmstart
+from search.pareto import searcher_objectives
 from search.tracking import (
     LOGGERS,
     TrialRunLogger,
@@ -89,10 +91,12 @@ def storage_dir(storage: str | None) -> str:
 
 
 def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False,
-               announce: Callable[[SplitDataset], None] | None = None) -> SearchOutcome:
+               announce: Callable[[SplitDataset], None] | None = None,
+               notify: Callable[[str], None] | None = None) -> SearchOutcome:
     """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input.
 
-    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded.
+    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded;
+    ``notify`` then with each line worth telling the user (the warm start's kept and dropped trials).
     """
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
     cfg = with_absolute_source(cfg)
@@ -101,20 +105,24 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     if address is None:  # trials run on this host: its CPUs and memory must hold them (a cluster's are Ray's)
         check_this_host(cfg, split)
     client = connect(cfg.tracking.uri)
+    warm = warmstart.load_warm_start(client, cfg) if cfg.search.warm_start else None
     storage_path = storage_dir(storage)
     _claim_storage(storage_path, cfg.name, overwrite)
     if announce is not None:
         announce(split)
+    if warm is not None and notify is not None:
+        notify(warm.describe())
     exp_id = experiment_id(client, cfg.experiment_name)
     config = cfg.model_dump(mode="json", by_alias=True)
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
+    warmstart.record(client, parent, warm)
     _write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
                                              "tracking_uri": cfg.tracking.uri})
     search = _Search(cfg, client, exp_id, parent, storage_path)
 
     def make_tuner() -> tune.Tuner:
         logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root)
-        return _build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)])
+        return _build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)], warm)
 
     return _execute(search, make_tuner, address)
 
@@ -444,14 +452,18 @@ class SchedulerState(tune.Callback):
         self.scheduler.__dict__.update(state)
 
 
-def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tune.Tuner:
+def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list,
+                 warm: warmstart.WarmStart | None = None) -> tune.Tuner:
     trainable = _trainable(cfg, data)
+    metric, mode = searcher_objectives(cfg)  # lists for a two-objective search
     searcher = ConcurrencyLimiter(
         # With a define-by-run space OptunaSearch ignores the metric/mode Tune passes on: give them here too.
         PruningAwareOptunaSearch(
             space=define_by_run(cfg.space),
-            metric=cfg.search.metric,
-            mode=cfg.search.mode,
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=warm.points if warm and warm.points else None,  # asked first, best first
+            prior_trials=warm.trials if warm else None,
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed),
             in_order=cfg.search.max_concurrent if cfg.search.tell_in_order else None,
             num_samples=cfg.search.num_samples,
