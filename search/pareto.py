@@ -84,7 +84,7 @@ def mark_front(board: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Dat
     if len(objectives) < 2 or board.empty:
         return board
     columns = objective_columns(objectives)
-    values = board.reindex(columns=columns).astype(float).to_numpy()
+    values = np.array(board.reindex(columns=columns), dtype=float)  # a copy (pandas may hand out read-only views)
     values[(board["outcome"] == "failed").to_numpy()] = np.nan
     board = board.copy()
     board[FRONT_COLUMN] = pareto_mask(values, [mode for _, mode in objectives])
