@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _overrides(args))
     folds = cfg.data.split.folds
     ranked = f"{cfg.search.metric} (mean over {folds} cross-validation folds)" if folds else cfg.search.metric
+    if cfg.search.objectives:
+        ranked += f" and {cfg.search.objectives[1].metric} (two objectives; ASHA and the ranking on the first)"
 
     def announce(split) -> None:  # printed once the config, data and storage have passed their checks
         print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} "
