@@ -114,11 +114,6 @@ def test_the_study_is_seeded_and_the_top_k_asked_first(recorded):
     first, second = searcher.suggest("t1"), searcher.suggest("t2")
     assert first["lr"] == 0.05 and second["lr"] == 0.002
     assert {k: first[k] for k in warm.points[0]} == warm.points[0]
-    # Pickled and restored (what a resumed search does), the prior trials are not added a second time.
-    import pickle
-
-    restored = pickle.loads(pickle.dumps(searcher))
-    assert len(restored._ot_study.get_trials(deepcopy=False)) == len(searcher._ot_study.get_trials(deepcopy=False))
 
 
 def test_a_two_objective_search_is_told_both_values(tmp_path):
@@ -131,3 +126,23 @@ def test_a_two_objective_search_is_told_both_values(tmp_path):
     assert warm.trials[0].values == [0.8, 1234]
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.add_trial(warm.trials[0])  # accepted by a two-objective study
+
+
+
+def test_a_resumed_search_does_not_add_the_earlier_trials_again(recorded, tmp_path):
+    """`hps resume`: Tune unpickles the searcher it started with, then restores its saved state into it."""
+    import pickle
+
+    cfg = config(warm_start="earlier", warm_start_top_k=2)
+    warm = load_warm_start(recorded.client, cfg)
+    started = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
+                                       sampler=make_sampler("tpe", 0), points_to_evaluate=warm.points,
+                                       prior_trials=warm.trials)
+    pickled = pickle.dumps(started)  # the tuner's pickle, taken when the search started
+    started.suggest("t1")
+    started.save(str(tmp_path / "searcher.pkl"))  # the experiment state's copy, taken later
+    resumed = pickle.loads(pickled)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    trials = resumed._ot_study.get_trials(deepcopy=False)
+    assert sum(t.state != TrialState.WAITING for t in trials) == warm.kept + 1  # + the running trial t1
+    assert resumed.suggest("t2")["lr"] == 0.002  # the second of the top 2, asked once
