@@ -241,7 +241,8 @@ class Objective(_Strict):
     def _natural_mode(self) -> Objective:
         natural = metric_mode(self.metric)  # n_params: min
         if self.mode is not None and self.mode != natural:
-            raise ValueError(f"{self.metric} is {'maximized' if natural == 'max' else 'minimized'}; mode must be {natural}")
+            direction = "maximized" if natural == "max" else "minimized"
+            raise ValueError(f"{self.metric} is {direction}; mode must be {natural}")
         self.mode = natural
         return self
 

@@ -95,7 +95,8 @@ def front_table(board: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Da
     """The members of the front, best first objective first: trial, both objectives, epoch, params, run id."""
     columns = objective_columns(objectives)
     front = board[board[FRONT_COLUMN]] if FRONT_COLUMN in board else board.iloc[:0]
-    shown = ["trial", *columns, "best_epoch", "outcome", *[c for c in board.columns if c.startswith("param.")], "run_id"]
+    params = [c for c in board.columns if c.startswith("param.")]
+    shown = ["trial", *columns, "best_epoch", "outcome", *params, "run_id"]
     first_mode = objectives[0][1]
     return front.sort_values(columns[0], ascending=first_mode == "min", kind="stable")[shown].reset_index(drop=True)
 
