@@ -16,9 +16,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig
+from search.pareto import searcher_objectives
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
 from trainables.ray_adapter import tune_trainable
+from search.warmstart import WarmStart
 from trainables.train import TrainSettings
 
 
@@ -124,14 +126,18 @@ def scheduler(cfg: HpsConfig):
     )
 
 
-def searcher(cfg: HpsConfig) -> ConcurrencyLimiter:
-    """Optuna's sampler over the config's space, at most ``search.max_concurrent`` trials at a time."""
+def searcher(cfg: HpsConfig, warm: WarmStart | None = None) -> ConcurrencyLimiter:
+    """Optuna's sampler over the config's space, at most ``search.max_concurrent`` trials at a time; a warm start's
+    earlier trials told to it and its top-k asked first."""
+    metric, mode = searcher_objectives(cfg)  # lists for a two-objective search
     return ConcurrencyLimiter(
         # With a define-by-run space OptunaSearch ignores the metric/mode Tune passes on: give them here too.
         PruningAwareOptunaSearch(
             space=define_by_run(cfg.space),
-            metric=cfg.search.metric,
-            mode=cfg.search.mode,
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=warm.points if warm and warm.points else None,  # asked first, best first
+            prior_trials=warm.trials if warm else None,
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed),
             in_order=cfg.search.max_concurrent if cfg.search.tell_in_order else None,
             num_samples=cfg.search.num_samples,
@@ -140,7 +146,7 @@ def searcher(cfg: HpsConfig) -> ConcurrencyLimiter:
     )
 
 
-def build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tune.Tuner:
+def build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list, warm: WarmStart | None = None) -> tune.Tuner:
     """A new Tuner for search ``cfg`` writing its state to ``storage_path``, reporting to ``callbacks``."""
     chosen = scheduler(cfg)
     if isinstance(chosen, ASHAScheduler):
@@ -153,7 +159,7 @@ def build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list) -> tun
             # one noisy epoch that its best epoch outranks.
             metric=f"best_{cfg.search.metric}",
             mode=cfg.search.mode,
-            search_alg=searcher(cfg),
+            search_alg=searcher(cfg, warm),
             scheduler=chosen,
             num_samples=cfg.search.num_samples,
             reuse_actors=True,

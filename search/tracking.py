@@ -20,6 +20,7 @@ from ray import tune
 from trainables.checkpoint import MODEL_DIR
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, epoch_number, expand_epochs
 from search.storage import ended_in_saved_state, prune_checkpoints, read_results
+from search.pareto import OBJECTIVES_TAG, objectives_tag
 from search.writer import TrackingWriter, log_folder, log_params
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 # Result keys that are the trainable's metrics (Ray adds many bookkeeping keys we do not want as metrics).
-METRIC_PREFIXES = ("train_", "val_", "best_")
+METRIC_PREFIXES = ("train_", "val_", "best_", "n_params")  # n_params: a two-objective search's second objective
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -63,6 +64,9 @@ def start_search_run(client: MlflowClient, exp_id: str, name: str, config: dict,
         "hps.split_fingerprint": data["split_fingerprint"],
         "hps.task": data["task"],
     }
+    objectives = objectives_tag(config["search"].get("objectives"))
+    if objectives:
+        tags[OBJECTIVES_TAG] = objectives  # how the leaderboard knows to mark the Pareto front
     run = client.create_run(exp_id, tags=tags, run_name=name)
     params = {**flatten(config), **{f"data.{k}": str(v) for k, v in data.items()}}
     log_params(client, run.info.run_id, params)

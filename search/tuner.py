@@ -33,6 +33,7 @@ from search.ray_setup import (
     shutdown_ray,
     tuner_callbacks,
 )
+from search import warmstart
 from search.report import write_report
 from search.storage import (
     checkpoint_of,
@@ -78,10 +79,12 @@ class SearchOutcome:
 
 
 def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False,
-               announce: Callable[[SplitDataset], None] | None = None) -> SearchOutcome:
+               announce: Callable[[SplitDataset], None] | None = None,
+               notify: Callable[[str], None] | None = None) -> SearchOutcome:
     """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input.
 
-    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded.
+    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded;
+    ``notify`` then with each line worth telling the user (the warm start's kept and dropped trials).
     """
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
     cfg = with_absolute_source(cfg)
@@ -90,20 +93,24 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     if address is None:  # trials run on this host: its CPUs and memory must hold them (a cluster's are Ray's)
         check_this_host(cfg, split)
     client = connect(cfg.tracking.uri)
+    warm = warmstart.load_warm_start(client, cfg) if cfg.search.warm_start else None
     storage_path = storage_dir(storage)
     claim_storage(storage_path, cfg.name, overwrite)
     if announce is not None:
         announce(split)
+    if warm is not None and notify is not None:
+        notify(warm.describe())
     exp_id = experiment_id(client, cfg.experiment_name)
     config = cfg.model_dump(mode="json", by_alias=True)
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
+    warmstart.record(client, parent, warm)
     write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
                                             "tracking_uri": cfg.tracking.uri})
     search = _Search(cfg, client, exp_id, parent, storage_path)
 
     def make_tuner() -> tune.Tuner:
         logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root)
-        return build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)])
+        return build_tuner(cfg, split.trial_folds(), storage_path, [logger, ProgressPrinter(cfg)], warm)
 
     return _execute(search, make_tuner, address)
 
