@@ -30,7 +30,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     """CLI flags are shorthands for ``--set`` overrides; explicit flags win over the file."""
     sets = list(args.set or [])
     for flag, key in (("name", "name"), ("num_samples", "search.num_samples"), ("max_epochs", "scheduler.max_epochs"),
-                      ("tracking_uri", "tracking.uri")):
+                      ("tracking_uri", "tracking.uri"), ("warm_start", "search.warm_start")):
         value = getattr(args, flag, None)
         if value is not None:
             sets.append(f"{key}={value}")
@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _overrides(args))
     folds = cfg.data.split.folds
     ranked = f"{cfg.search.metric} (mean over {folds} cross-validation folds)" if folds else cfg.search.metric
+    if cfg.search.objectives:
+        ranked += f" and {cfg.search.objectives[1].metric} (two objectives; ASHA and the ranking on the first)"
 
     def announce(split) -> None:  # printed once the config, data and storage have passed their checks
         print(f"search {cfg.name}: {cfg.search.num_samples} trials ({cfg.search.sampler}, {cfg.search.max_concurrent} "
@@ -63,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"data {cfg.data.source}: {_describe_data(split, detected=cfg.data.task == 'auto')}", flush=True)
 
     return _report_outcome(lambda: run_search(cfg, address=args.address, storage=args.storage,
-                                              overwrite=args.overwrite, announce=announce))
+                                              overwrite=args.overwrite, announce=announce,
+                                              notify=lambda line: print(line, flush=True)))
 
 
 def _describe_data(split, detected: bool) -> str:
@@ -90,7 +93,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _report_outcome(execute) -> int:
     """Run a search (new or resumed); print its leaderboard, or why it ended early, with the right exit code."""
-    from search.tuner import SearchFailed, SearchInterrupted, TrackingBacklog
+    from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog
 
     try:
         outcome = execute()
@@ -134,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from search.evaluate import describe_member_value, evaluate_search
 
     ev = evaluate_search(args.tracking_uri, args.name, metric=args.metric, force=args.force,
-                         register_as=args.register_as, top_k=args.top_k, refit=args.refit)
+                         register_as=args.register_as, top_k=args.top_k, refit=args.refit, pick=args.pick)
     if len(ev.members) == 1:
         print(f"chose trial {ev.selection}")
     else:
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="folder or s3:// URI for Ray's experiment state and checkpoints (default: ./hps-runs)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. scheduler.type=fifo")
     run.add_argument("--overwrite", action="store_true", help="start over if a search of this name exists in storage")
+    run.add_argument("--warm-start", metavar="SEARCH",
+                     help="start from an earlier search at this tracking URI: its top configurations first, its "
+                          "trials told to the sampler (default: search.warm_start of the config)")
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted or crashed search",
@@ -233,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                           help="retrain the chosen configuration(s) on train+validation before the test "
                                "(default: evaluate.refit of the config; on for a cross-validated search, else off)")
+    evaluate.add_argument("--pick", metavar="RULE",
+                          help="two-objective searches: the member of the Pareto front to evaluate: best (the best "
+                               "first objective, the default) or smallest-within:X (the best second objective among "
+                               "members within X points of the best first objective; points: percentage points for "
+                               "accuracy, F1, R2, else the metric's units)")
     evaluate.add_argument("--force", action="store_true", help="evaluate again although the test set was already used")
     evaluate.add_argument("--register-as", help="Model Registry name (default: tracking.registered_model or the search name)")
     evaluate.set_defaults(func=cmd_evaluate)

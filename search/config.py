@@ -59,8 +59,12 @@ SEARCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # MLflow refuses "/" and ":" in registered model names; "@" would make models:/NAME@champion ambiguous.
 REGISTERED_NAME_PATTERN = r"^[^/:@\s](?:[^/:@]*[^/:@\s])?$"
 # Optuna samplers by name, the only list of them: search.searcher finds each one's class by its name (no optuna here).
-Sampler = Literal["tpe", "random", "cmaes", "gp", "qmc"]
+Sampler = Literal["tpe", "random", "cmaes", "gp", "qmc", "nsgaii"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
+# Samplers that search two objectives at once (Optuna's multi-objective support); cmaes, gp and qmc are refused.
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsgaii", "random")
+# A second objective that is not a validation metric: the trainable reports each network's parameter count.
+STRUCTURAL_OBJECTIVES = ("n_params",)
 ALL_METRICS = tuple(LOSSES) + tuple(sorted({m for ms in TASK_METRICS.values() for m in ms}))
 MAX_SEED = 2**32 - 1
 # The smallest ASHA reduction factor: keeps the rung count finite and small (see SchedulerConfig).
@@ -220,6 +224,29 @@ class DataConfig(_Strict):
         return target
 
 
+class Objective(_Strict):
+    """One objective of a two-objective search: a reported metric and its direction (inferred when left out)."""
+
+    metric: str
+    mode: Literal["min", "max"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_objective(cls, metric: str) -> str:
+        if metric not in ALL_METRICS + STRUCTURAL_OBJECTIVES:
+            raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(ALL_METRICS + STRUCTURAL_OBJECTIVES)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _natural_mode(self) -> Objective:
+        natural = metric_mode(self.metric)  # n_params: min
+        if self.mode is not None and self.mode != natural:
+            direction = "maximized" if natural == "max" else "minimized"
+            raise ValueError(f"{self.metric} is {direction}; mode must be {natural}")
+        self.mode = natural
+        return self
+
+
 class SearchConfig(_Strict):
     """How configurations are chosen (Optuna sampler) and what they are judged by."""
 
@@ -238,6 +265,13 @@ class SearchConfig(_Strict):
     # Retries (from the last checkpoint) of a trial whose worker died. At most 100: a trial that fails every time
     # would otherwise be retried for ever.
     max_failures: int = Field(default=2, ge=0, le=100)
+    # Two objectives searched together (Optuna's multi-objective samplers); the first is also search.metric: ASHA,
+    # the leaderboard and `hps evaluate --pick best` rank by it. None: a single-objective search on search.metric.
+    objectives: list[Objective] | None = None
+    # Start from an earlier search (its name at this tracking URI): its top warm_start_top_k configurations are
+    # tried first, and the sampler is told all of its finished trials that fit this space. `hps run --warm-start` wins.
+    warm_start: Annotated[str, Field(pattern=SEARCH_NAME_PATTERN, max_length=100)] | None = None
+    warm_start_top_k: int = Field(default=3, ge=0, le=100)
 
     @field_validator("metric")
     @classmethod
@@ -257,9 +291,39 @@ class SearchConfig(_Strict):
 
     @model_validator(mode="after")
     def _infer_mode(self) -> SearchConfig:
+        if self.objectives is not None:
+            self._check_objectives()
         if self.mode is None:
             self.mode = metric_mode(self.metric)
         return self
+
+    def _check_objectives(self) -> None:
+        """Exactly two objectives, a first one that is a metric ASHA can compare, a sampler that searches both;
+        search.metric/mode become the first objective's."""
+        objectives = self.objectives or []
+        if len(objectives) != 2:
+            raise ValueError(f"objectives: exactly two are supported (got {len(objectives)}); a single objective "
+                             "is search.metric")
+        first, second = objectives
+        if first.metric in STRUCTURAL_OBJECTIVES:
+            raise ValueError(f"objectives: the first objective must be a trained metric (ASHA stops on it), not "
+                             f"{first.metric}; put {first.metric} second")
+        if first.metric == second.metric:
+            raise ValueError(f"objectives: {first.metric} is given twice")
+        if "metric" in self.model_fields_set and self.metric != first.metric:
+            raise ValueError(f"objectives: search.metric ({self.metric}) must be left out or be the first objective "
+                             f"({first.metric})")
+        if self.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ValueError(f"sampler: {self.sampler} cannot search two objectives; use one of "
+                             f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+        self.metric, self.mode = first.metric, first.mode
+
+    @property
+    def objective_pairs(self) -> list[tuple[str, str]]:
+        """``[(metric, mode), ...]``: the two objectives, or the one search.metric."""
+        if self.objectives:
+            return [(o.metric, o.mode or metric_mode(o.metric)) for o in self.objectives]
+        return [(self.metric, self.mode or metric_mode(self.metric))]
 
 
 class SchedulerConfig(_Strict):
@@ -503,6 +567,11 @@ def _check_task_metric(cfg: HpsConfig) -> None:
     if task in TASKS and cfg.search.metric not in LOSSES + TASK_METRICS[task]:
         allowed = ", ".join(LOSSES + TASK_METRICS[task])
         raise ConfigError("search.metric", f"{cfg.search.metric} is not reported for {task}; use one of {allowed}")
+    for index, (metric, _) in enumerate(cfg.search.objective_pairs if cfg.search.objectives else []):
+        if task in TASKS and metric not in LOSSES + TASK_METRICS[task] + STRUCTURAL_OBJECTIVES:
+            allowed = ", ".join(LOSSES + TASK_METRICS[task] + STRUCTURAL_OBJECTIVES)
+            raise ConfigError(f"search.objectives.{index}.metric", f"{metric} is not reported for {task}; "
+                              f"use one of {allowed}")
     if "loss" not in cfg.space:
         return
     if task in TASKS and task != "regression":

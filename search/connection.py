@@ -50,21 +50,15 @@ URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # set by mlflow.
 
 
 @contextmanager
-def fluent_uris(uri: str) -> Iterator[None]:
-    """MLflow's module-level API (``mlflow.start_run``, ``pyfunc.log_model``, ``register_model``, ``models:/``
-    downloads) pointed at ``uri`` for the block; the process's own URIs and environment restored after it.
-
-    Those calls take no client, and resolving ``models:/NAME@alias`` reads the global registry URI even when given
-    another; a library function must not leave them changed for its caller.
-    """
+def preserved_uris() -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs, and the environment variables setting them writes, as they
+    are before the block, restored after it whatever the block set."""
     from mlflow.tracking._model_registry import utils as registry_state
     from mlflow.tracking._tracking_service import utils as tracking_state
 
     # What was set explicitly (None: not set, MLflow resolves it from the environment or its default).
     tracking, registry = tracking_state._tracking_uri, registry_state._registry_uri  # noqa: SLF001
     environment = {name: os.environ.get(name) for name in URI_VARIABLES}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
@@ -75,3 +69,17 @@ def fluent_uris(uri: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def fluent_uris(uri: str) -> Iterator[None]:
+    """MLflow's module-level API (``mlflow.start_run``, ``pyfunc.log_model``, ``register_model``, ``models:/``
+    downloads) pointed at ``uri`` for the block; the process's own URIs and environment restored after it.
+
+    Those calls take no client, and resolving ``models:/NAME@alias`` reads the global registry URI even when given
+    another; a library function must not leave them changed for its caller.
+    """
+    with preserved_uris():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield

@@ -1,4 +1,5 @@
-"""Errors that mean "bad input": the CLI prints them as one line and exits 2. No heavy imports here."""
+"""The errors hps raises on purpose. Those in ``USER_ERRORS`` mean "bad input": the CLI prints them as one line and
+exits 2; the search outcomes below have exit codes of their own. No heavy imports here."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ class AlreadyEvaluated(RuntimeError):
 
 class ModelNotFound(LookupError):
     """No usable model behind a model reference or a search."""
+
+
+class SearchFailed(RuntimeError):
+    """The search ran but produced no usable trial."""
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped (Ctrl-C) before every trial ended; it can be resumed."""
+
+
+class TrackingBacklog(RuntimeError):
+    """The search finished but MLflow writes are still pending (tracking server down)."""
 
 
 USER_ERRORS = (

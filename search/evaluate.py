@@ -26,6 +26,7 @@ from search.connection import connect
 from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard, recorded_config
+from search.pareto import OBJECTIVES_TAG, parse_objectives, pick as pick_from_front
 from search.registry import register_champion
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
@@ -88,18 +89,20 @@ def choose_trials(board: pd.DataFrame, metric: str, k: int = 1) -> pd.DataFrame:
 
 def evaluate_search(
     tracking_uri: str, name: str, metric: str | None = None, force: bool = False, register_as: str | None = None,
-    top_k: int | None = None, refit: bool | None = None,
+    top_k: int | None = None, refit: bool | None = None, pick: str | None = None,
 ) -> Evaluation:
     """Evaluate the best trial of search ``name`` (or the average of its ``top_k`` best; each retrained on train +
     validation first with ``refit``) on its test split, log the results on the search's parent run and register
-    the evaluated model. ``top_k``/``refit`` default to the search config's ``evaluate`` section."""
+    the evaluated model. ``top_k``/``refit`` default to the search config's ``evaluate`` section. ``pick``
+    (two-objective searches) chooses the member of the Pareto front by a rule of :func:`search.pareto.pick`."""
     _check_arguments(top_k, register_as)
     client = connect(tracking_uri, existing=True)
     parent = find_search_run(client, name)
     _refuse_a_second_use(parent, name, force)
     cfg = recorded_config(client, parent)
     metric, top_k, refit = _settle_request(cfg, parent, name, metric, top_k, refit)
-    chosen = choose_trials(leaderboard(client, parent), metric, top_k)
+    chosen = _picked(leaderboard(client, parent), parent, pick, top_k) if pick else choose_trials(
+        leaderboard(client, parent), metric, top_k)
     split = split_from_config(cfg)
     _check_same_split(split.fingerprint, parent)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,12 +117,22 @@ def evaluate_search(
         n_refit = 0 if refit_data is None else len(refit_data.x_train)
         evaluation = Evaluation.of(name, members, metric, top_k, n_refit, len(rows),
                                    _test(model, prep, rows, target, out_dir))
+        if pick:
+            evaluation.selection += f" (picked from the Pareto front by {pick})"
         _record_use(client, parent, evaluation, force, out_dir, model_dir)
         evaluation.artifacts = sorted(p.name for p in out_dir.iterdir())
         evaluation.registered = register_champion(
             client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name
         )
     return evaluation
+
+
+def _picked(board: pd.DataFrame, parent: Run, rule: str, top_k: int) -> pd.DataFrame:
+    """The one trial ``--pick rule`` chooses from the search's Pareto front."""
+    if top_k > 1:
+        raise DataError(f"--pick chooses one trial; it cannot go with a top_k of {top_k} (pass --top-k 1)")
+    row = pick_from_front(board, parse_objectives(parent.data.tags.get(OBJECTIVES_TAG)), rule)
+    return board.loc[[row.name]]
 
 
 def _check_arguments(top_k: int | None, register_as: str | None) -> None:

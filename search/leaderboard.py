@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from search.config import SEARCH_NAME_PATTERN, HpsConfig, parse_config
 from search.errors import SearchNotFound
+from search.pareto import OBJECTIVES_TAG, mark_front, objective_value, parse_objectives
 
 
 def find_search_run(client: MlflowClient, name: str) -> Run:
@@ -58,6 +59,7 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
     """Trials ranked by their best validation value (the epoch whose weights are kept), best first."""
     metric = parent.data.tags.get("hps.metric", "val_loss")
     mode = parent.data.tags.get("hps.mode", "min")
+    objectives = parse_objectives(parent.data.tags.get(OBJECTIVES_TAG))  # two-objective search: the front is marked
     rows = []
     for run in trial_runs(client, parent):
         metrics, tags = run.data.metrics, run.data.tags
@@ -72,6 +74,7 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
         }
         row.update({k.removeprefix("best_epoch_"): v for k, v in sorted(metrics.items()) if k.startswith("best_epoch_")})
         row.pop(metric, None)  # same number as best_<metric>
+        row.update({m: objective_value(metrics, m) for m, _ in objectives[1:] if m not in row})  # e.g. n_params
         row.update({f"param.{k}": parse_number(v) for k, v in sorted(run.data.params.items())})
         row["run_id"] = run.info.run_id
         rows.append(row)
@@ -83,7 +86,7 @@ def leaderboard(client: MlflowClient, parent: Run) -> pd.DataFrame:
     frame = frame.sort_values(["_failed", f"best_{metric}"], ascending=[True, mode == "min"], na_position="last",
                               kind="stable").drop(columns="_failed")
     frame.insert(0, "rank", range(1, len(frame) + 1))
-    return frame.reset_index(drop=True)
+    return mark_front(frame.reset_index(drop=True), objectives)
 
 
 def parse_number(text: str) -> int | float | str:

@@ -98,3 +98,17 @@ def optuna_plots(study: optuna.Study, directory: Path) -> list[Path]:
             log.info("skipped %s: %s", name, exc)
             plt.close("all")
     return written
+
+
+def pareto_front(first: np.ndarray, second: np.ndarray, on_front: np.ndarray, labels: list[str], path: Path) -> Path:
+    """A two-objective search: every trial (first objective against second), the Pareto front marked and joined."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(second[~on_front], first[~on_front], s=18, alpha=0.5, color="tab:gray", label="trial")
+    order = np.argsort(second[on_front])
+    ax.plot(second[on_front][order], first[on_front][order], marker="o", color="tab:red", drawstyle="steps-post",
+            label="Pareto front")
+    ax.set(xlabel=labels[1], ylabel=labels[0], title=f"{labels[0]} against {labels[1]}: the Pareto front")
+    if labels[1] == "n_params":
+        ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

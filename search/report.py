@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from search import plots
 from search.config import HpsConfig
 from search.leaderboard import leaderboard, parse_number, trial_runs
+from search.pareto import FRONT_COLUMN, front_table, objective_columns
 from search.space import distribution_for
 
 TOP_CURVES = 8
@@ -57,7 +58,24 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
             client.log_artifacts(parent.info.run_id, str(directory), artifact_path="report")
     if not board.empty:
         log_table(client, parent.info.run_id, board, "leaderboard.csv")
-    return sorted(p.name for p in written)
+    written_front = write_front(client, parent.info.run_id, board, cfg)
+    return sorted([p.name for p in written] + written_front)
+
+
+def write_front(client: MlflowClient, run_id: str, board: pd.DataFrame, cfg: HpsConfig) -> list[str]:
+    """A two-objective search's Pareto front on its parent run: ``pareto_front.csv`` (the members) and
+    ``report/pareto_front.png`` (every trial, the front marked); returns the names written."""
+    objectives = cfg.search.objective_pairs
+    if len(objectives) < 2 or board.empty or FRONT_COLUMN not in board:
+        return []
+    log_table(client, run_id, front_table(board, objectives), "pareto_front.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        columns = objective_columns(objectives)
+        usable = board[board["outcome"] != "failed"]
+        path = plots.pareto_front(usable[columns[0]].to_numpy(float), usable[columns[1]].to_numpy(float),
+                                  usable[FRONT_COLUMN].to_numpy(bool), columns, Path(tmp) / "pareto_front.png")
+        client.log_artifact(run_id, str(path), artifact_path="report")
+    return ["pareto_front.csv", path.name]
 
 
 def _top_curves(client: MlflowClient, board: pd.DataFrame, metric: str) -> tuple[dict, set[str]]:

@@ -89,13 +89,22 @@ class PruningAwareOptunaSearch(OptunaSearch):
     num_samples: int | None = None
 
     def __init__(self, *args: Any, in_order: int | None = None, num_samples: int | None = None,
-                 **kwargs: Any) -> None:
+                 prior_trials: list[optuna.trial.FrozenTrial] | None = None, **kwargs: Any) -> None:
+        # Finished trials of an earlier search (search.warmstart): added to the study when it is created, once. A
+        # resumed search restores the study with them from the saved searcher state; they are not added again.
+        self._prior_trials = list(prior_trials or [])
         super().__init__(*args, **kwargs)
         self.in_order, self.num_samples = in_order, num_samples
         self._asked: list[str] = []  # trial ids in the order they were asked (in_order only)
         self._held: dict[str, list[dict]] = {}  # results of trials not told yet
         self._ended: dict[str, tuple[dict | None, bool]] = {}  # trials that ended but are not told yet
         self._n_told = 0  # trials 0 .. _n_told-1 of _asked are told
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        super()._setup_study(mode)
+        for trial in self._prior_trials:
+            self._ot_study.add_trial(trial)
+        self._prior_trials = []
 
     def suggest(self, trial_id: str) -> dict | None:
         if not self.in_order or trial_id in self._ot_trials:

@@ -7,15 +7,10 @@ of creating duplicates (Ray's MLflowLoggerCallback has neither nesting nor that)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import posixpath
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import RunTag
@@ -24,15 +19,16 @@ from ray import tune
 
 from trainables.checkpoint import MODEL_DIR
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, epoch_number, expand_epochs
-from search.writer import TrackingWriter, log_params
+from search.storage import ended_in_saved_state, prune_checkpoints, read_results
+from search.pareto import OBJECTIVES_TAG, objectives_tag
+from search.writer import TrackingWriter, log_folder, log_params
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 # Result keys that are the trainable's metrics (Ray adds many bookkeeping keys we do not want as metrics).
-METRIC_PREFIXES = ("train_", "val_", "best_")
-
+METRIC_PREFIXES = ("train_", "val_", "best_", "n_params")  # n_params: a two-objective search's second objective
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -68,6 +64,9 @@ def start_search_run(client: MlflowClient, exp_id: str, name: str, config: dict,
         "hps.split_fingerprint": data["split_fingerprint"],
         "hps.task": data["task"],
     }
+    objectives = objectives_tag(config["search"].get("objectives"))
+    if objectives:
+        tags[OBJECTIVES_TAG] = objectives  # how the leaderboard knows to mark the Pareto front
     run = client.create_run(exp_id, tags=tags, run_name=name)
     params = {**flatten(config), **{f"data.{k}": str(v) for k, v in data.items()}}
     log_params(client, run.info.run_id, params)
@@ -77,18 +76,23 @@ def start_search_run(client: MlflowClient, exp_id: str, name: str, config: dict,
 
 def log_model_artifacts(client: MlflowClient, run_id: str, checkpoint: tune.Checkpoint | None) -> bool:
     """Upload the best-epoch model (weights + JSON description) from a trial checkpoint as artifact ``model/``."""
-    if checkpoint is None:
+    folder = model_folder(checkpoint)
+    if folder is None:
         return False
-    with checkpoint.as_directory() as directory:
-        model_dir = Path(directory) / MODEL_DIR
-        if not model_dir.is_dir():
-            return False
-        client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    log_folder(client, run_id, _as_location(*folder), artifact_path="model")
     return True
 
 
-# The trial logger of every search of this process, by parent run id: the tuner drains and reconciles it at the end.
-LOGGERS: dict[str, "TrialRunLogger"] = {}
+def model_folder(checkpoint: tune.Checkpoint | None) -> tuple[str, Any] | None:
+    """The model folder of a trial checkpoint as (path, pyarrow filesystem); None if it has none."""
+    import pyarrow.fs
+
+    if checkpoint is None:
+        return None
+    path = f"{checkpoint.path.rstrip('/')}/{MODEL_DIR}"
+    if checkpoint.filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return None
+    return path, checkpoint.filesystem
 
 
 class TrialRunLogger(tune.Callback):
@@ -130,8 +134,12 @@ class TrialRunLogger(tune.Callback):
             self._writer = TrackingWriter(self.tracking_uri, self.root)
             self._writer.runs.update(self.runs)
             self.runs = self._writer.runs  # one map, updated by the writer as runs are created
-            LOGGERS[self.parent_run_id] = self
         return self._writer
+
+    @property
+    def started(self) -> bool:
+        """Whether Tune set this logger up (its writer runs): only then did it see the experiment's events."""
+        return self._writer is not None
 
     def setup(self, **info) -> None:
         self.writer  # noqa: B018 - start the writer thread before the first trial
@@ -149,7 +157,99 @@ class TrialRunLogger(tune.Callback):
         self.last_epoch = {}
         self.restored = True
 
+    # -- Tune's hooks ------------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._open(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.writer.submit("log_batch", trial.trial_id, tags={"hps.retries": trial.num_failures,
+                                                              "hps.outcome": "retrying"})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        key = trial.trial_id
+        for epoch in expand_epochs(result):  # a report may carry earlier short epochs too
+            step = epoch_number(epoch)
+            if step <= self.last_epoch.get(key, 0):
+                continue  # replayed after a restore from an older checkpoint: the history already has this epoch
+            self.last_epoch[key] = step
+            self._log_result(key, epoch, step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._complete(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._fail(trial)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # Trials still pending or running when the experiment ends (an interrupted search) must not stay RUNNING;
+        # a resumed search reopens them.
+        # (Tune marks the trials it stops on Ctrl-C TERMINATED in memory, RUNNING in the saved state: what tells
+        # them apart from finished ones is that they never completed.)
+        self.unfinished = [t.trial_id for t in trials if t.trial_id not in self.ended]
+        for trial in trials:
+            if trial.trial_id in self.known and trial.trial_id not in self.ended:  # run created, or queued
+                self._end(trial, "interrupted", "the search stopped before this trial ended", "KILLED")
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if not self.to_prune:
+            return
+        ended = ended_in_saved_state(next(iter(self.to_prune)))
+        for path, (trial_id, keep_newest, uploading) in list(self.to_prune.items()):
+            if trial_id in ended and (not uploading or trial_id in self.writer.uploaded):
+                prune_checkpoints(path, keep_newest)
+                del self.to_prune[path]
+
+    # -- after the experiment -----------------------------------------------------------------------------------
+    def models_not_uploaded(self) -> set[str]:
+        """Trials whose model upload was submitted but has not succeeded (still queued, or given up): their
+        checkpoints must be kept."""
+        return {key for key, _, uploading in self.to_prune.values() if uploading and key not in self.writer.uploaded}
+
+    def reconcile(self, trials: list, check_histories: bool) -> int:
+        """Make MLflow agree with Tune's experiment state; returns how many trials needed it.
+
+        A driver killed mid-search loses the writes still queued in memory, and a resumed search does not replay
+        events of trials that had already ended. Tune's state is the record: each ended trial whose run is missing,
+        still RUNNING, or (``check_histories``, after a resume) missing epochs gets them from the trial's
+        ``result.json`` and is ended with its outcome. Call it with an idle writer.
+        """
+        client = self.writer.client
+        from search.leaderboard import trial_runs  # local: leaderboard imports nothing from here, keep it that way
+
+        runs = {r.data.tags.get("hps.trial_id"): r for r in trial_runs(client, client.get_run(self.parent_run_id))}
+        fixed = 0
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR"):
+                continue
+            key, run, last = trial.trial_id, runs.get(trial.trial_id), (trial.last_result or {}).get("epoch")
+            logged = set()
+            if run is not None and check_histories:
+                logged = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
+            results = [e for r in read_results(trial.path) for e in expand_epochs(r) if "epoch" in e]
+            missing = [r for r in results if r["epoch"] not in logged] if check_histories or run is None else []
+            consistent = run is not None and run.info.status != "RUNNING" and run.data.tags.get("hps.last_epoch") == str(last)
+            if consistent and not missing:
+                continue
+            if run is None:
+                self.runs.pop(key, None)
+                self.known.discard(key)
+                self._open(trial)
+            else:
+                self.runs[key] = run.info.run_id
+                self.known.add(key)
+            for result in missing:
+                self._log_result(key, result, int(result["epoch"]))
+            self.ended.discard(key)
+            if trial.status == "ERROR":
+                self._fail(trial)
+            else:
+                self._complete(trial)
+            fixed += 1
+        return fixed
+
+    # -- the records --------------------------------------------------------------------------------------------
+    def _open(self, trial) -> None:
+        """Create the trial's run (params, tags), or continue its own run when it is retried or resumed."""
         key = trial.trial_id
         if (self.restored and self._attach_existing(key)) or key in self.runs or key in self.known:
             # A retried or resumed trial continues its own run.
@@ -183,19 +283,6 @@ class TrialRunLogger(tune.Callback):
         self.runs[key] = run_id
         return True
 
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.writer.submit("log_batch", trial.trial_id, tags={"hps.retries": trial.num_failures,
-                                                              "hps.outcome": "retrying"})
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        key = trial.trial_id
-        for epoch in expand_epochs(result):  # a report may carry earlier short epochs too
-            step = epoch_number(epoch)
-            if step <= self.last_epoch.get(key, 0):
-                continue  # replayed after a restore from an older checkpoint: the history already has this epoch
-            self.last_epoch[key] = step
-            self._log_result(key, epoch, step)
-
     def _log_result(self, key: str, result: dict, step: int) -> None:
         now = int(result.get("epoch_end_time", time.time()) * 1000)
         values = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) and _is_number(v)}
@@ -209,7 +296,8 @@ class TrialRunLogger(tune.Callback):
             self.at_best[key] = {k: v for k, v in values.items() if k.startswith(("train_", "val_"))}
         self.writer.submit("log_batch", key, metrics=[(k, float(v), now, step) for k, v in values.items()], tags=tags)
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def _complete(self, trial) -> None:
+        """End the run of a trial that ended without an error: completed, stopped early or diverged."""
         result = trial.last_result or {}
         if "epoch" not in result:
             # Stopped before its first report: no scheduler stops a trial it has no result of, so this is Tune
@@ -226,22 +314,13 @@ class TrialRunLogger(tune.Callback):
             self._end(trial, "stopped_early", f"stopped early at epoch {result.get('epoch')}", "FINISHED",
                       self.log_models == "all")
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+    def _fail(self, trial) -> None:
+        """End the run of a trial that raised (after its retries), with the error as ``error.txt``."""
         error = str(trial.get_error() or "unknown error").strip()
         reason = error.splitlines()[-1][:500]
         epoch = (trial.last_result or {}).get("epoch", 0)
         self.writer.submit("log_text", trial.trial_id, text=error, path="error.txt")
         self._end(trial, "failed", f"failed at epoch {epoch} after {trial.num_failures} attempt(s): {reason}", "FAILED")
-
-    def on_experiment_end(self, trials, **info) -> None:
-        # Trials still pending or running when the experiment ends (an interrupted search) must not stay RUNNING;
-        # a resumed search reopens them.
-        # (Tune marks the trials it stops on Ctrl-C TERMINATED in memory, RUNNING in the saved state: what tells
-        # them apart from finished ones is that they never completed.)
-        self.unfinished = [t.trial_id for t in trials if t.trial_id not in self.ended]
-        for trial in trials:
-            if trial.trial_id in self.known and trial.trial_id not in self.ended:  # run created, or queued
-                self._end(trial, "interrupted", "the search stopped before this trial ended", "KILLED")
 
     def _end(self, trial, outcome: str, note: str, status: str, log_model: bool = False) -> None:
         key = trial.trial_id
@@ -265,34 +344,15 @@ class TrialRunLogger(tune.Callback):
             # upload reads the checkpoint itself, which is the only copy while the tracking server is down.
             self.to_prune[trial.path] = (key, not log_model and outcome != "failed", uploading)
 
-    def on_step_end(self, iteration, trials, **info) -> None:
-        if not self.to_prune:
-            return
-        ended = _ended_in_saved_state(next(iter(self.to_prune)))
-        for path, (trial_id, keep_newest, uploading) in list(self.to_prune.items()):
-            if trial_id in ended and (not uploading or trial_id in self.writer.uploaded):
-                prune_checkpoints(path, keep_newest)
-                del self.to_prune[path]
-
-    def models_not_uploaded(self) -> set[str]:
-        """Trials whose model upload was submitted but has not succeeded (still queued, or given up): their
-        checkpoints must be kept."""
-        return {key for key, _, uploading in self.to_prune.values() if uploading and key not in self.writer.uploaded}
-
     def _submit_model(self, key: str, trial) -> bool:
         """Queue the upload of the trial's best model straight from its newest checkpoint (no copy: the
         checkpoint is kept until the upload succeeded); the ``hps.model`` tag is set only after the upload."""
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            return False
         try:
-            import pyarrow.fs
-
-            model_path = f"{checkpoint.path.rstrip('/')}/{MODEL_DIR}"
-            if checkpoint.filesystem.get_file_info(model_path).type != pyarrow.fs.FileType.Directory:
+            folder = model_folder(trial.checkpoint)
+            if folder is None:
                 return False
             # (A logger unpickled from a search started before `root` existed reads absolute paths.)
-            source = _relative_to_experiment(model_path, trial.path if self.root else None, checkpoint.filesystem)
+            source = _relative_to_experiment(*folder, trial.path if self.root else None)
         except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
             return False
@@ -300,7 +360,7 @@ class TrialRunLogger(tune.Callback):
         return True
 
 
-def _relative_to_experiment(path: str, trial_dir: str | None, filesystem) -> str:
+def _relative_to_experiment(path: str, filesystem, trial_dir: str | None) -> str:
     """``path`` relative to the experiment folder (the trial folder's parent), so a pending upload still finds it
     when the storage folder is resumed from elsewhere; an absolute path or URI if it lies outside."""
     if trial_dir:
@@ -308,98 +368,13 @@ def _relative_to_experiment(path: str, trial_dir: str | None, filesystem) -> str
         relative = posixpath.relpath(path, experiment)
         if not relative.startswith(".."):
             return relative
+    return _as_location(path, filesystem)
+
+
+def _as_location(path: str, filesystem) -> str:
+    """A path on a pyarrow filesystem as the writer reads it: the path itself if local, a URI otherwise."""
     type_name = getattr(filesystem, "type_name", "local")
     return path if type_name == "local" else f"{type_name}://{path}"
-
-
-def reconcile(logger: TrialRunLogger, trials: list, check_histories: bool) -> int:
-    """Make MLflow agree with Tune's experiment state; returns how many trials needed it.
-
-    A driver killed mid-search loses the writes still queued in memory, and a resumed search does not replay
-    events of trials that had already ended. Tune's state is the record: each ended trial whose run is missing,
-    still RUNNING, or (``check_histories``, after a resume) missing epochs gets them from the trial's
-    ``result.json`` and is ended with its outcome. Call it with an idle writer.
-    """
-    client = logger.writer.client
-    from search.leaderboard import trial_runs  # local: leaderboard imports nothing from here, keep it that way
-
-    runs = {r.data.tags.get("hps.trial_id"): r for r in trial_runs(client, client.get_run(logger.parent_run_id))}
-    fixed = 0
-    for trial in trials:
-        if trial.status not in ("TERMINATED", "ERROR"):
-            continue
-        key, run, last = trial.trial_id, runs.get(trial.trial_id), (trial.last_result or {}).get("epoch")
-        logged = set()
-        if run is not None and check_histories:
-            logged = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
-        results = [e for r in read_results(trial.path) for e in expand_epochs(r) if "epoch" in e]
-        missing = [r for r in results if r["epoch"] not in logged] if check_histories or run is None else []
-        consistent = run is not None and run.info.status != "RUNNING" and run.data.tags.get("hps.last_epoch") == str(last)
-        if consistent and not missing:
-            continue
-        if run is None:
-            logger.runs.pop(key, None)
-            logger.known.discard(key)
-            logger.on_trial_start(0, trials, trial)
-        else:
-            logger.runs[key] = run.info.run_id
-            logger.known.add(key)
-        for result in missing:
-            logger._log_result(key, result, int(result["epoch"]))  # noqa: SLF001
-        logger.ended.discard(key)
-        if trial.status == "ERROR":
-            logger.on_trial_error(0, trials, trial)
-        else:
-            logger.on_trial_complete(0, trials, trial)
-        fixed += 1
-    return fixed
-
-
-def read_results(trial_dir: str | None) -> list[dict]:
-    """Every result a trial reported, from the ``result.json`` Tune's JSON logger keeps in its folder."""
-    import json
-
-    import pyarrow.fs
-
-    if not trial_dir:
-        return []
-    try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(trial_dir) if "://" in trial_dir else (
-            pyarrow.fs.LocalFileSystem(), trial_dir)
-        with filesystem.open_input_stream(f"{path}/result.json") as stream:
-            text = stream.readall().decode()
-    except (OSError, FileNotFoundError):
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _ended_in_saved_state(trial_dir: str) -> set[str]:
-    """Trial ids the experiment state on disk (what a resume would start from) records as ended."""
-    if "://" in trial_dir:
-        return set()
-    states = sorted(Path(trial_dir).parent.glob("experiment_state-*.json"), key=lambda f: f.stat().st_mtime)
-    try:
-        trial_data = json.loads(states[-1].read_text())["trial_data"] if states else []
-    except (OSError, ValueError, KeyError):  # being rewritten right now: try again at the next step
-        return set()
-    ended = set()
-    for entry in trial_data:
-        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
-        if trial.get("status") in ("TERMINATED", "ERROR"):
-            ended.add(trial.get("trial_id"))
-    return ended
-
-
-def prune_checkpoints(trial_dir: str | None, keep_newest: bool = False) -> int:
-    """Delete a trial's checkpoint folders (local storage only), or all but the newest; returns how many."""
-    if not trial_dir or "://" in trial_dir or not Path(trial_dir).is_dir():
-        return 0
-    removed = 0
-    folders = sorted(Path(trial_dir).glob("checkpoint_*"))
-    for folder in folders[:-1] if keep_newest else folders:
-        shutil.rmtree(folder, ignore_errors=True)
-        removed += 1
-    return removed
 
 
 def _is_number(value: Any) -> bool:

@@ -1,72 +1,68 @@
-"""Wiring a validated config into a Ray Tune run: data once in the object store, Optuna searcher, ASHA/FIFO
-scheduler, per-trial resources, checkpoints, and the MLflow callback. Everything that can be checked is
-checked before Ray starts.
+"""The life of a search: run it or resume it, wait for its MLflow records, and finish it (rank the trials, keep
+the best model, clean up checkpoints, draw the report, close the parent run). Everything that can be checked is
+checked before Ray starts; Ray's wiring is in :mod:`search.ray_setup`, the storage folder in :mod:`search.storage`,
+the MLflow records in :mod:`search.tracking`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import ray
 from mlflow.entities import RunTag
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
 
-from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
 from search.capacity import check_this_host
-from search.dataset import split_from_config, with_absolute_source
-from search.leaderboard import leaderboard, trial_runs
-from search.packing import PackRelease, PackServers, pack_slots, packed_trainable, server_names
-from search.progress import ProgressPrinter
-from search.report import write_report
+from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
 from search.connection import connect
-from search.searcher import PruningAwareOptunaSearch, make_sampler
-from search.space import define_by_run
-from search.tracking import (
-    LOGGERS,
-    TrialRunLogger,
-    experiment_id,
-    finish_search_run,
-    log_model_artifacts,
-    prune_checkpoints,
-    reconcile,
-    start_search_run,
+from search.dataset import split_from_config, with_absolute_source
+from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog, TrackingError
+from search.leaderboard import leaderboard, trial_runs
+from search.progress import ProgressPrinter
+from search.ray_setup import (
+    SchedulerState,
+    asha_rungs,
+    build_tuner,
+    init_ray,
+    pack_servers,
+    restore_tuner,
+    shutdown_ray,
+    tuner_callbacks,
 )
-from search.writer import TrackingWriter, describe_given_up, quick_failing_http, state_exists, write_state
-from search.errors import SearchExists, SearchNotFound, StorageError, TrackingError
+from search import warmstart
+from search.report import write_report
+from search.storage import (
+    checkpoint_of,
+    claim_storage,
+    experiment_path,
+    experiment_trials,
+    is_trial_folder,
+    pending_file,
+    prune_checkpoints,
+    read_manifest,
+    state_exists,
+    storage_dir,
+    storage_flag,
+    write_manifest,
+)
+from search.tracking import TrialRunLogger, experiment_id, finish_search_run, log_model_artifacts, start_search_run
+from search.writer import TrackingWriter, describe_given_up, quick_failing_http
 from trainables.data import DataError, SplitDataset
-from trainables.ray_adapter import tune_trainable
 from trainables.reporting import STOPPED_NO_IMPROVEMENT
-from trainables.train import TrainSettings
+
+__all__ = [
+    # the lifecycle
+    "SearchOutcome", "resume_search", "run_search",
+    # re-exported where callers and tests have always found them
+    "SchedulerState", "SearchFailed", "SearchInterrupted", "TrackingBacklog", "asha_rungs", "storage_dir",
+]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STORAGE = "hps-runs"
-
-
-class SearchFailed(RuntimeError):
-    """The search ran but produced no usable trial."""
-
-
-class SearchInterrupted(RuntimeError):
-    """The search was stopped (Ctrl-C) before every trial ended; it can be resumed."""
-
-
-class TrackingBacklog(RuntimeError):
-    """The search finished but MLflow writes are still pending (tracking server down)."""
 
 
 @dataclass
@@ -83,18 +79,13 @@ class SearchOutcome:
     writes_given_up: list[dict] = field(default_factory=list)
 
 
-def storage_dir(storage: str | None) -> str:
-    """Absolute storage folder for Ray's experiment state and checkpoints."""
-    if storage and "://" in storage:
-        return storage  # s3:// or other pyarrow filesystems are passed through to Ray
-    return str(Path(storage or DEFAULT_STORAGE).expanduser().resolve())
-
-
 def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False,
-               announce: Callable[[SplitDataset], None] | None = None) -> SearchOutcome:
+               announce: Callable[[SplitDataset], None] | None = None,
+               notify: Callable[[str], None] | None = None) -> SearchOutcome:
     """Run the search ``cfg`` describes and return its leaderboard. Raises before starting Ray on bad input.
 
-    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded.
+    ``announce`` is called with the loaded split once every input check has passed, before anything is recorded;
+    ``notify`` then with each line worth telling the user (the warm start's kept and dropped trials).
     """
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
     cfg = with_absolute_source(cfg)
@@ -103,20 +94,24 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     if address is None:  # trials run on this host: its CPUs and memory must hold them (a cluster's are Ray's)
         check_this_host(cfg, split)
     client = connect(cfg.tracking.uri)
+    warm = warmstart.load_warm_start(client, cfg) if cfg.search.warm_start else None
     storage_path = storage_dir(storage)
-    _claim_storage(storage_path, cfg.name, overwrite)
+    claim_storage(storage_path, cfg.name, overwrite)
     if announce is not None:
         announce(split)
+    if warm is not None and notify is not None:
+        notify(warm.describe())
     exp_id = experiment_id(client, cfg.experiment_name)
     config = cfg.model_dump(mode="json", by_alias=True)
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
-    _write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
-                                             "tracking_uri": cfg.tracking.uri})
+    warmstart.record(client, parent, warm)
+    write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
+                                            "tracking_uri": cfg.tracking.uri})
     search = _Search(cfg, client, exp_id, parent, storage_path, split.trial_folds())
 
     def make_tuner(servers: tuple[str, ...] | None) -> tune.Tuner:
         logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root)
-        return _build_tuner(cfg, search.data, storage_path, [logger, ProgressPrinter(cfg)], servers)
+        return build_tuner(cfg, search.data, storage_path, [logger, ProgressPrinter(cfg)], warm, servers)
 
     return _execute(search, make_tuner, address)
 
@@ -126,17 +121,17 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     """Continue search ``name`` from its experiment state: finished trials are kept, unfinished ones resume from
     their checkpoints, and the same MLflow parent and child runs are continued."""
     storage_path = storage_dir(storage)
-    manifest = _read_manifest(storage_path, name)
+    manifest = read_manifest(storage_path, name)
     cfg = parse_config(manifest["config"])
     uri = tracking_uri or manifest["tracking_uri"]
     if tracking_uri:
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
     client = connect(uri)
-    pending = _pending_file(storage_path, name)
+    pending = pending_file(storage_path, name)
     given_up: list[dict] = []
     if state_exists(pending):
         quick_failing_http()
-        replay = TrackingWriter.replay(pending, uri, root=_experiment_path(storage_path, name))
+        replay = TrackingWriter.replay(pending, uri, root=experiment_path(storage_path, name))
         if not replay.done:
             raise TrackingError(f"could not write the buffered MLflow operations in {pending}; is {uri} up?")
         given_up = replay.given_up  # reported at the end of the resumed search (exit 1), not refused forever
@@ -150,10 +145,7 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path, split.trial_folds(), given_up)
 
     def make_tuner(servers: tuple[str, ...] | None) -> tune.Tuner:
-        trainable = _trainable(cfg, search.data, servers)
-        # Errored trials stay errored (retries already happened); unfinished ones continue from checkpoints.
-        return tune.Tuner.restore(_experiment_path(storage_path, name), trainable=trainable,
-                                  resume_unfinished=True, resume_errored=False)
+        return restore_tuner(cfg, search.data, experiment_path(storage_path, name), servers)
 
     return _execute(search, make_tuner, address)
 
@@ -165,7 +157,7 @@ class _Search:
     exp_id: str
     parent: str
     storage_path: str
-    data: Any  # what trials train on: one TrialData, or one per cross-validation fold
+    data: Any  # what trials train on: one TrialData per validation split (one, or one per cross-validation fold)
     given_up: list[dict] = field(default_factory=list)  # MLflow writes given up so far (replayed ones included)
     keep: set[str] = field(default_factory=set)  # trials whose checkpoints must outlive the search (model not in MLflow)
 
@@ -173,28 +165,31 @@ class _Search:
     def root(self) -> str:
         """The search's experiment folder (local path or URI): model uploads read the trials' checkpoints there,
         so a model waiting for the tracking server survives a restart of the machine."""
-        return _experiment_path(self.storage_path, self.cfg.name)
+        return experiment_path(self.storage_path, self.cfg.name)
 
 
-def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
+
+
+def _execute(search: _Search, make_tuner: Callable[[tuple[str, ...] | None], tune.Tuner],
+             address: str | None) -> SearchOutcome:
     """Fit the tuner, wait for MLflow writes, finish the parent run; never leave it RUNNING."""
     cfg, client, parent = search.cfg, search.client, search.parent
     quick_failing_http()
     try:
-        started_ray = _init_ray(address)
-        with _pack_servers(search) as servers:
-            results = make_tuner(servers).fit()
-        logger = LOGGERS.pop(parent, None)
-        interrupted = _was_interrupted(results, cfg, logger)
+        started_ray = init_ray(address)
+        with pack_servers(cfg, search.data, search.root) as servers:  # killed once the trials have ended
+            tuner = make_tuner(servers)
+            logger = _trial_logger(tuner)
+            results = tuner.fit()
+        trials = experiment_trials(results)
+        if logger is not None and not logger.started:
+            logger = None  # never set up by Tune: it saw none of the experiment's events
+        interrupted = _was_interrupted(trials, cfg, logger)
         if logger is not None:
-            _settle_tracking(search, logger, results)
+            _settle_tracking(search, logger, trials)
         if interrupted:
-            finish_search_run(client, parent, "KILLED", {"hps.status": "interrupted",
-                                                         "hps.writes_given_up": str(len(search.given_up))})
-            lost = f" ({describe_given_up(search.given_up)})" if search.given_up else ""
-            raise SearchInterrupted(f"search {cfg.name} was interrupted{lost}; continue it with "
-                                    f"`hps resume {cfg.name}{_storage_flag(search.storage_path)}`")
-        return _finish(search, results, release_ray=started_ray)
+            _end_interrupted(search)
+        return _finish(search, results, trials, release_ray=started_ray)
     except (KeyboardInterrupt, SearchInterrupted, TrackingBacklog, SearchFailed):
         _end_parent_quietly(client, parent, "KILLED")
         raise
@@ -203,19 +198,32 @@ def _execute(search: _Search, make_tuner, address: str | None) -> SearchOutcome:
         raise
 
 
-def _settle_tracking(search: _Search, logger: TrialRunLogger, results: tune.ResultGrid) -> None:
+def _trial_logger(tuner: tune.Tuner) -> TrialRunLogger | None:
+    """The MLflow callback the tuner will call: the one :func:`run_search` built, or, for a restored tuner, the one
+    unpickled with it (carrying the trial→run map of the search so far)."""
+    return next((c for c in tuner_callbacks(tuner) if isinstance(c, TrialRunLogger)), None)
+
+
+def _was_interrupted(trials: list, cfg: HpsConfig, logger: TrialRunLogger | None) -> bool:
+    """Ctrl-C makes Tune return early with trials that never completed (or were never created)."""
+    unfinished = logger.unfinished if logger is not None else [
+        t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    return bool(unfinished) or len(trials) < cfg.search.num_samples
+
+
+def _settle_tracking(search: _Search, logger: TrialRunLogger, trials: list) -> None:
     """Write everything the trial logger queued, repair what a crash lost, or save the backlog for later."""
     cfg = search.cfg
     writer = logger.writer
     if writer.drain(cfg.tracking.outage_wait_s):
-        if reconcile(logger, results._experiment_analysis.trials, check_histories=logger.restored):  # noqa: SLF001
+        if logger.reconcile(trials, check_histories=logger.restored):
             log.warning("replayed missing MLflow records of ended trials from the experiment state")
         if writer.drain(cfg.tracking.outage_wait_s):
             writer.close()
             search.given_up.extend(writer.given_up)
             search.keep |= logger.models_not_uploaded()
             return
-    pending = _pending_file(search.storage_path, cfg.name)
+    pending = pending_file(search.storage_path, cfg.name)
     writer.close(wait_s=20)  # the write in flight ends first: what is queued then is exactly what was not written
     # Writes given up so far (a replay's included) travel with the backlog and are reported after its replay.
     writer.given_up[:0] = search.given_up
@@ -223,43 +231,85 @@ def _settle_tracking(search: _Search, logger: TrialRunLogger, results: tune.Resu
     lost = f"; {describe_given_up(writer.given_up)}" if writer.given_up else ""
     raise TrackingBacklog(
         f"the tracking server was unreachable at the end of the search; {count} MLflow writes are saved in "
-        f"{pending}: run `hps resume {cfg.name}{_storage_flag(search.storage_path)}` once it is back{lost}"
+        f"{pending}: run `hps resume {cfg.name}{storage_flag(search.storage_path)}` once it is back{lost}"
     )
 
 
-def _finish(search: _Search, results: tune.ResultGrid, release_ray: bool = False) -> SearchOutcome:
+def _end_interrupted(search: _Search) -> None:
+    """Close the parent run of a search stopped before every trial ended, and raise how to continue it."""
+    cfg = search.cfg
+    finish_search_run(search.client, search.parent, "KILLED", {"hps.status": "interrupted",
+                                                               "hps.writes_given_up": str(len(search.given_up))})
+    lost = f" ({describe_given_up(search.given_up)})" if search.given_up else ""
+    raise SearchInterrupted(f"search {cfg.name} was interrupted{lost}; continue it with "
+                            f"`hps resume {cfg.name}{storage_flag(search.storage_path)}`")
+
+
+def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray: bool = False) -> SearchOutcome:
+    """Rank the trials, keep the best model, clean up, draw the report and close the parent run."""
     cfg, client, parent = search.cfg, search.client, search.parent
-    _remove_orphan_runs(client, parent, results)
+    _remove_orphan_runs(client, parent, trials)
     board = leaderboard(client, client.get_run(parent))
     n_errors = sum(1 for r in results if r.error is not None)
     summary = _summarize(board, cfg, len(results), n_errors)
     summary["hps.writes_given_up"] = str(len(search.given_up))
     if board.empty or board.iloc[0]["outcome"] == "failed":
-        finish_search_run(client, parent, "FAILED", summary)
-        reasons = board["note"].dropna().unique()[:3] if "note" in board else []
-        raise SearchFailed(f"all {len(board)} trials failed ({'; '.join(reasons) or 'no result'}); "
-                           "see hps.outcome_note on the trial runs in MLflow")
-    best = board.iloc[0]
-    if cfg.tracking.log_models == "best":
-        log_model_artifacts(client, best["run_id"], _checkpoint_of(results, best["trial"]))
-    client.set_tag(best["run_id"], "hps.best", "true")
-    # Checkpoints of trials whose model upload was given up stay: they hold the only copy of that model.
-    keep = search.keep | {g["key"] for g in search.given_up if g["kind"] == "log_artifacts"}
-    for result in results:  # the search is over: nothing will resume from these (the best model is in MLflow)
-        if not any(trial_id in os.path.basename(result.path or "") for trial_id in keep):
-            prune_checkpoints(result.path)
-    report = threading.Thread(target=_write_report, args=(client, parent, cfg), name="hps-report", daemon=True)
-    report.start()
-    if release_ray:
-        # Nothing needs Ray any more: stopping the Ray this call started (~2 s, mostly waiting for its processes
-        # to exit) overlaps drawing the review plots instead of following them at exit.
-        ray.shutdown()
-    report.join()
+        _end_failed(search, board, summary)
+    # The order matters: the best model is uploaded from its checkpoint before checkpoints are pruned; Ray is
+    # shut down only once nothing reads through it (see ray_setup.shutdown_ray for what may not overlap it); the
+    # parent run is closed last, so a search that dies before that is not recorded as finished.
+    _mark_best(search, results, board.iloc[0])
+    _prune_checkpoints(search, results)
+    _write_report_and_release_ray(search, release_ray)
     finish_search_run(client, parent, "FINISHED", summary)
     return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors, list(search.given_up))
 
 
-def _remove_orphan_runs(client, parent: str, results: tune.ResultGrid) -> None:
+def _end_failed(search: _Search, board: pd.DataFrame, summary: dict[str, str]) -> None:
+    """Close the parent run of a search in which every trial failed, and raise why."""
+    finish_search_run(search.client, search.parent, "FAILED", summary)
+    reasons = board["note"].dropna().unique()[:3] if "note" in board else []
+    raise SearchFailed(f"all {len(board)} trials failed ({'; '.join(reasons) or 'no result'}); "
+                       "see hps.outcome_note on the trial runs in MLflow")
+
+
+def _mark_best(search: _Search, results: tune.ResultGrid, best: pd.Series) -> None:
+    """Upload the best trial's model (``log_models: best``) and tag its run ``hps.best``."""
+    if search.cfg.tracking.log_models == "best":
+        log_model_artifacts(search.client, best["run_id"], checkpoint_of(results, best["trial"]))
+    search.client.set_tag(best["run_id"], "hps.best", "true")
+
+
+def _prune_checkpoints(search: _Search, results: tune.ResultGrid) -> None:
+    """The search is over: nothing will resume from the trials' checkpoints (the best model is in MLflow)."""
+    # Checkpoints of trials whose model upload was given up stay: they hold the only copy of that model.
+    keep = search.keep | {g["key"] for g in search.given_up if g["kind"] == "log_artifacts"}
+    for result in results:
+        if not any(is_trial_folder(result.path, trial_id) for trial_id in keep):
+            prune_checkpoints(result.path)
+
+
+def _write_report_and_release_ray(search: _Search, release_ray: bool) -> None:
+    """Draw the review plots; meanwhile stop the Ray this search started (``release_ray``)."""
+    report = threading.Thread(target=_write_report, args=(search.client, search.parent, search.cfg),
+                              name="hps-report", daemon=True)
+    report.start()
+    if release_ray:
+        # Nothing needs Ray any more: stopping the Ray this call started (~2 s, mostly waiting for its processes
+        # to exit) overlaps drawing the review plots instead of following them at exit.
+        shutdown_ray()
+    report.join()
+
+
+def _write_report(client, parent: str, cfg: HpsConfig) -> None:
+    # The review plots are a convenience: failing to draw one must not turn a finished search into a failed one.
+    try:
+        write_report(client, client.get_run(parent), cfg)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not write the search report (hps report %s retries): %s", cfg.name, exc)
+
+
+def _remove_orphan_runs(client, parent: str, trials: list) -> None:
     """Delete child runs of trials the experiment no longer has.
 
     A driver killed between two experiment-state snapshots leaves runs for trials the snapshot never recorded;
@@ -267,7 +317,7 @@ def _remove_orphan_runs(client, parent: str, results: tune.ResultGrid) -> None:
     same values) and trains them from scratch. The stale runs are tagged, ended and moved to MLflow's bin
     (restorable), so the search shows exactly one run per trial.
     """
-    trial_ids = {t.trial_id for t in results._experiment_analysis.trials}  # noqa: SLF001
+    trial_ids = {t.trial_id for t in trials}
     for run in trial_runs(client, client.get_run(parent)):
         trial_id = run.data.tags.get("hps.trial_id")
         if trial_id in trial_ids:
@@ -288,242 +338,6 @@ def _end_parent_quietly(client, parent: str, status: str, note: str | None = Non
             finish_search_run(client, parent, status, {"hps.status": note or status.lower()})
     except Exception as exc:  # noqa: BLE001
         log.warning("could not end the search's MLflow run %s: %s", parent, exc)
-
-
-def _was_interrupted(results: tune.ResultGrid, cfg: HpsConfig, logger: TrialRunLogger | None) -> bool:
-    """Ctrl-C makes Tune return early with trials that never completed (or were never created)."""
-    trials = results._experiment_analysis.trials  # noqa: SLF001 - the only place Tune exposes its trials
-    unfinished = logger.unfinished if logger is not None else [
-        t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    return bool(unfinished) or len(trials) < cfg.search.num_samples
-
-
-def _storage_flag(storage_path: str) -> str:
-    return "" if storage_path == storage_dir(None) else f" --storage {storage_path}"
-
-
-def _experiment_path(storage_path: str, name: str) -> str:
-    return f"{storage_path.rstrip('/')}/{name}"
-
-
-MANIFEST = "hps-search.json"
-
-
-def _write_manifest(storage_path: str, name: str, manifest: dict) -> None:
-    """What `hps resume` needs besides Ray's own state: the resolved config and the MLflow run ids. Written
-    whole or not at all (temporary file, then rename)."""
-    write_state(f"{_experiment_path(storage_path, name)}/{MANIFEST}", json.dumps(manifest, indent=1))
-
-
-def _read_manifest(storage_path: str, name: str) -> dict:
-    import pyarrow.fs
-
-    path = _experiment_path(storage_path, name)
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(path)
-    if filesystem.get_file_info(f"{root}/{MANIFEST}").type == pyarrow.fs.FileType.NotFound:
-        raise SearchNotFound(f"no search named {name!r} in {storage_path} (looked for {path}/{MANIFEST})")
-    if not tune.Tuner.can_restore(path):
-        raise SearchNotFound(f"search {name!r} in {storage_path} has no experiment state to resume from")
-    with filesystem.open_input_stream(f"{root}/{MANIFEST}") as stream:
-        return json.loads(stream.readall())
-
-
-def _pending_file(storage_path: str, name: str) -> str:
-    """Where MLflow writes still pending at the end of a search wait for `hps resume`: beside the experiment state,
-    in the search's storage folder (with ``s3://`` storage, in the bucket), never in the working folder."""
-    return f"{_experiment_path(storage_path, name)}/mlflow-pending.json"
-
-
-def _write_report(client, parent: str, cfg: HpsConfig) -> None:
-    # The review plots are a convenience: failing to draw one must not turn a finished search into a failed one.
-    try:
-        write_report(client, client.get_run(parent), cfg)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not write the search report (hps report %s retries): %s", cfg.name, exc)
-
-
-def _claim_storage(storage_path: str, name: str, overwrite: bool) -> None:
-    if "://" in storage_path:
-        _claim_remote_storage(storage_path, name, overwrite)
-        return
-    folder = Path(storage_path) / name
-    if folder.exists():
-        if not overwrite:
-            raise SearchExists(f"a search named {name!r} already exists in {folder}; continue it with "
-                               f"`hps resume {name} --storage {storage_path}` or start over with --overwrite")
-        shutil.rmtree(folder)
-    try:  # now, so that a storage path that is a file or read-only fails before any run is created
-        folder.mkdir(parents=True)
-    except OSError as exc:
-        raise StorageError(f"storage {storage_path} cannot be used: {exc.strerror or exc}") from None
-
-
-def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:
-    """The same check for ``s3://`` (or another pyarrow filesystem Ray accepts): a second search of the same name
-    would otherwise write into the first one's experiment state. S3 settings come from the environment
-    (``AWS_ENDPOINT_URL`` for MinIO, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), as they do for Ray."""
-    import pyarrow.fs
-
-    try:
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
-        path = f"{root.rstrip('/')}/{name}"
-        missing = filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound
-    except (OSError, ValueError) as exc:  # unreachable endpoint, bad credentials, unknown scheme
-        raise StorageError(f"storage {uri} cannot be used: {str(exc).splitlines()[0]}") from None
-    if missing:
-        return
-    if not overwrite:
-        raise SearchExists(f"a search named {name!r} already exists in {uri.rstrip('/')}/{name}; "
-                           "pass --overwrite to start over")
-    filesystem.delete_dir(path)
-
-
-def _init_ray(address: str | None) -> bool:
-    """Start (or join, with ``address``) Ray once per process; an already initialized Ray is reused.
-    Returns whether this call initialized it (and so may shut it down)."""
-    # Tune warns on every forced experiment snapshot (one per kept-checkpoint rotation); on small trials that is
-    # a warning per second which says nothing actionable to a user.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The legacy reporter honours verbose=0 fully; the new one still prints a config box and TensorBoard hints.
-    # Progress comes from search.progress instead.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's default loggers add a CSV and a TensorBoard file per trial (and warn on every NaN); only the JSON one
-    # is kept (see _build_tuner): MLflow is this service's record.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
-    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-    if ray.is_initialized():
-        return False
-    # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
-    ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
-    return True
-
-
-def _pack_servers(search: _Search):
-    """The search's pack servers (``resources.pack`` > 1) as a context manager giving their names; else None."""
-    cfg = search.cfg
-    if cfg.resources.pack == 1:
-        return contextlib.nullcontext(None)
-    names = server_names(search.root, pack_slots(cfg.search.max_concurrent, cfg.resources.pack))
-    return PackServers(names, search.data, _settings(cfg), cfg.resources.pack, cfg.resources.gpus_per_trial)
-
-
-def _trainable(cfg: HpsConfig, data, servers: tuple[str, ...] | None = None):
-    """The shared trainable with the data in Ray's object store (once) and this search's settings and resources;
-    with pack servers, the thin trial that trains in them."""
-    settings = _settings(cfg)
-    if servers is not None:
-        return packed_trainable(settings, servers, cfg.resources.cpus_per_trial, cfg.resources.pack)
-    return tune.with_resources(
-        tune.with_parameters(tune_trainable, data=data, settings=settings),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
-    )
-
-
-def _settings(cfg: HpsConfig) -> TrainSettings:
-    """How every trial of ``cfg`` trains (as opposed to what: its hyperparameters)."""
-    return TrainSettings(
-        max_epochs=cfg.scheduler.max_epochs,
-        metric=cfg.search.metric,
-        seed=cfg.training_seed,
-        checkpoint_every=cfg.training.checkpoint_every,
-        amp=cfg.training.amp,
-        compile=cfg.training.compile,
-        report_interval_s=cfg.training.report_interval_s,
-        num_threads=max(1, int(cfg.resources.cpus_per_trial)),
-        gpu_share=cfg.resources.gpus_per_trial if 0 < cfg.resources.gpus_per_trial < 1 else 1.0,
-        decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
-        patience=cfg.scheduler.patience,
-    )
-
-
-def asha_rungs(cfg: HpsConfig) -> frozenset[int]:
-    """The epochs at which ASHA decides to stop or continue a trial: grace_period x reduction_factor^k < max_epochs."""
-    rungs, milestone = set(), float(cfg.scheduler.grace_period)
-    while milestone < cfg.scheduler.max_epochs:
-        rungs.add(math.ceil(milestone))
-        milestone *= cfg.scheduler.reduction_factor
-    return frozenset(rungs)
-
-
-class SchedulerState(tune.Callback):
-    """Saves the scheduler's bookkeeping (ASHA's rungs) with the experiment state and restores it on resume.
-
-    Tune restores a scheduler from the pickle taken when the search *started*, so ASHA forgets every rung
-    decision made before a crash (ray-project/ray#30838). Callbacks' state, however, is saved with each
-    experiment snapshot; this one carries the scheduler's. It and the scheduler are unpickled together from
-    the same tuner pickle, so after a restore ``self.scheduler`` is the scheduler Tune uses.
-    """
-
-    def __init__(self, scheduler) -> None:
-        self.scheduler = scheduler
-
-    def get_state(self) -> dict:
-        return dict(self.scheduler.__dict__)
-
-    def set_state(self, state: dict) -> None:
-        self.scheduler.__dict__.update(state)
-
-
-def _build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list,
-                 servers: tuple[str, ...] | None = None) -> tune.Tuner:
-    trainable = _trainable(cfg, data, servers)
-    if servers is not None:  # restored with the Tuner on resume: it finds that run's servers by their names
-        callbacks = [*callbacks, PackRelease(servers)]
-    searcher = ConcurrencyLimiter(
-        # With a define-by-run space OptunaSearch ignores the metric/mode Tune passes on: give them here too.
-        PruningAwareOptunaSearch(
-            space=define_by_run(cfg.space),
-            metric=cfg.search.metric,
-            mode=cfg.search.mode,
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed),
-            in_order=cfg.search.max_concurrent if cfg.search.tell_in_order else None,
-            num_samples=cfg.search.num_samples,
-        ),
-        max_concurrent=cfg.search.max_concurrent,
-    )
-    if cfg.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            max_t=cfg.scheduler.max_epochs,
-            grace_period=cfg.scheduler.grace_period,
-            reduction_factor=cfg.scheduler.reduction_factor,
-        )
-        callbacks = [*callbacks, SchedulerState(scheduler)]
-    else:
-        scheduler = FIFOScheduler()
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            # What ASHA compares at its rungs (the searcher has its own metric, above): each trial's best value so
-            # far, the quantity the leaderboard finally ranks by. The epoch's own value would stop a trial for
-            # one noisy epoch that its best epoch outranks.
-            metric=f"best_{cfg.search.metric}",
-            mode=cfg.search.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=cfg.search.num_samples,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=cfg.name,
-            storage_path=storage_path,
-            # result.json per trial: the on-disk record `reconcile` repairs MLflow from after a crash.
-            callbacks=[*callbacks, JsonLoggerCallback()],
-            # No num_to_keep: with it Tune forces an experiment snapshot at every rotation (~10% of the wall time
-            # of small trials here). The tracking callback prunes ended trials' checkpoints instead.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-            verbose=0,
-        ),
-    )
-
-
-def _checkpoint_of(results: tune.ResultGrid, trial_id: str):
-    for result in results:
-        if result.path and os.path.basename(result.path).find(trial_id) >= 0:
-            return result.checkpoint
-    return None
 
 
 def _summarize(board: pd.DataFrame, cfg: HpsConfig, n_trials: int, n_errors: int) -> dict[str, str]:

@@ -29,7 +29,6 @@ import os
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from search.storage import delete_state, is_remote, read_state, write_state
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,7 @@ class TrackingWriter:
             tags = [RunTag(k, str(v)) for k, v in args.get("tags", {}).items()]
             client.log_batch(run_id, metrics=metrics, tags=tags)
         elif op.kind == "log_artifacts":
-            with self._local_copy(args["local_dir"]) as local_dir:
-                client.log_artifacts(run_id, local_dir, artifact_path=args.get("artifact_path"))
+            log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root)
             if args.get("tags"):  # e.g. hps.model: only once the files are really there
                 client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args["tags"].items()])
             self.uploaded.add(op.key)
@@ -327,32 +327,6 @@ class TrackingWriter:
                 client.set_terminated(run_id, args["status"])
         else:
             raise ValueError(f"unknown operation {op.kind}")
-
-
-    @contextlib.contextmanager
-    def _local_copy(self, source: str):
-        """The upload folder ``source`` as a local folder (downloaded first from a remote storage); raises
-        :class:`SourceMissing` when it does not exist or holds no file."""
-        location = source
-        if self.root and "://" not in source and not os.path.isabs(source):
-            location = f"{self.root.rstrip('/')}/{source}"
-        if "://" not in location:
-            folder = Path(location)
-            if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
-                raise SourceMissing(f"{location} is missing or empty")
-            yield location
-            return
-        import pyarrow.fs
-
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
-            raise SourceMissing(f"{location} is missing")
-        with tempfile.TemporaryDirectory(prefix="hps-upload-") as tmp:
-            pyarrow.fs.copy_files(path, tmp, source_filesystem=filesystem,
-                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
-            if not any(p.is_file() for p in Path(tmp).rglob("*")):
-                raise SourceMissing(f"{location} is empty")
-            yield tmp
 
 
 @dataclass
@@ -368,80 +342,38 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
-def _filesystem(target: str):
-    """(pyarrow filesystem, path) for a URI; None for a local path."""
-    if "://" not in target:
-        return None
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(target)
-
-
-def write_state(target: str, text: str) -> None:
-    """Write a small state file (the pending writes, the search manifest) so that it is never seen half-written:
-    into a temporary file beside it, then renamed over it. ``target`` is a local path or a pyarrow URI
-    (``s3://...``: the renamed copy appears whole, as one object)."""
-    remote = _filesystem(target)
-    if remote is None:
-        folder = Path(target).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".partial", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as stream:
-                stream.write(text)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(partial, target)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
-        return
-    filesystem, path = remote
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    partial = f"{path}.{uuid.uuid4().hex}.partial"
-    try:
-        with filesystem.open_output_stream(partial) as stream:
-            stream.write(text.encode())
-        filesystem.move(partial, path)
-    finally:
-        import pyarrow.fs
-
-        if filesystem.get_file_info(partial).type != pyarrow.fs.FileType.NotFound:
-            filesystem.delete_file(partial)
+def log_folder(client: MlflowClient, run_id: str, source: str, artifact_path: str | None = None,
+               root: str | None = None) -> None:
+    """Upload the files of folder ``source`` (a local path, a URI, or a path relative to ``root``) to the run's
+    artifacts; raises :class:`SourceMissing` when it does not exist or holds no file."""
+    with _local_folder(source, root) as local_dir:
+        client.log_artifacts(run_id, local_dir, artifact_path=artifact_path)
 
 
-def read_state(target: str) -> str:
-    """The text of a state file written by :func:`write_state`."""
-    remote = _filesystem(target)
-    if remote is None:
-        return Path(target).read_text()
-    filesystem, path = remote
-    with filesystem.open_input_stream(path) as stream:
-        return stream.readall().decode()
-
-
-def state_exists(target: str) -> bool:
-    """Whether a state file exists at ``target`` (a local path or a pyarrow URI)."""
-    remote = _filesystem(target)
-    if remote is None:
-        return Path(target).is_file()
-    import pyarrow.fs
-
-    filesystem, path = remote
-    return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
-
-
-def delete_state(target: str) -> None:
-    """Remove a state file (no error if it is already gone)."""
-    remote = _filesystem(target)
-    if remote is None:
-        Path(target).unlink(missing_ok=True)
+@contextlib.contextmanager
+def _local_folder(source: str, root: str | None):
+    """The folder ``source`` as a local folder (downloaded first from a remote storage); raises
+    :class:`SourceMissing` when it does not exist or holds no file."""
+    location = source
+    if root and not is_remote(source) and not os.path.isabs(source):
+        location = f"{root.rstrip('/')}/{source}"
+    if not is_remote(location):
+        folder = Path(location)
+        if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
+            raise SourceMissing(f"{location} is missing or empty")
+        yield location
         return
     import pyarrow.fs
 
-    filesystem, path = remote
-    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-        filesystem.delete_file(path)
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        raise SourceMissing(f"{location} is missing")
+    with tempfile.TemporaryDirectory(prefix="hps-upload-") as tmp:
+        pyarrow.fs.copy_files(path, tmp, source_filesystem=filesystem,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        if not any(p.is_file() for p in Path(tmp).rglob("*")):
+            raise SourceMissing(f"{location} is empty")
+        yield tmp
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

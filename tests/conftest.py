@@ -52,6 +52,17 @@ def wait_for_health(uri: str, process: subprocess.Popen, timeout: float = 90) ->
     raise RuntimeError(f"mlflow server at {uri} did not become healthy in {timeout}s")
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server started with ``start_new_session=True`` and every helper process it started: SIGTERM to its
+    process group, SIGKILL if it has not exited within ``timeout`` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
 class MlflowServer:
     """A real `mlflow server` (sqlite backend, proxied artifacts) on a free loopback port that can be stopped and
     started again on the same port, database and artifacts (an outage, a reboot)."""
@@ -80,14 +91,8 @@ class MlflowServer:
 
     def stop(self) -> None:
         """Stop the whole process group: the server starts helper processes (workers, a job consumer)."""
-        if not self.running:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
+        if self.running:
+            stop_process_group(self.process)
 
 
 @pytest.fixture(scope="session")
@@ -123,21 +128,13 @@ def ray_session():
 @pytest.fixture(autouse=True)
 def mlflow_global_uris_reset():
     """MLflow's process-wide tracking and registry URIs (and the environment variables setting them writes) are
-    reset after each test: a test that points them at its server must not send a later test's registrations
+    restored after each test: a test that points them at its server must not send a later test's registrations
     there (tests/test_evaluate.py left the registry URI at the session's server, which made the recorded-search
     registrations of tests/test_evaluate_recorded.py and tests/test_registry.py fail in a full run)."""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    before = {key: os.environ.get(key) for key in keys}
-    yield
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    from search.connection import preserved_uris
+
+    with preserved_uris():
+        yield
 
 
 def pytest_collection_modifyitems(items) -> None:

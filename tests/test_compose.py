@@ -18,7 +18,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import free_port, server_env, wait_for_health
+from tests.conftest import free_port, server_env, stop_process_group, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -904,11 +903,7 @@ def basic_auth_server(tmp_path_factory):
         wait_for_health(uri, process)
         yield uri, "admin", admin_password
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         log.close()
 
 

@@ -151,14 +151,13 @@ def test_mlflow_scoring_server_answers_csv_and_json_like_hps_predict(csv_search,
     champion, asked with CSV, dataframe_split and dataframe_records: integer columns, gaps, an unseen category."""
     import json as jsonlib
     import os
-    import signal
     import subprocess
     import sys
     import time
 
     import requests
 
-    from tests.conftest import free_port
+    from tests.conftest import free_port, stop_process_group
 
     rows = make_table(8, 5).drop(columns=["mpg", "name"])
     rows.loc[0, "origin"] = "mars"  # unseen category
@@ -206,11 +205,7 @@ def test_mlflow_scoring_server_answers_csv_and_json_like_hps_predict(csv_search,
             served = pd.DataFrame(answer.json()["predictions"])["prediction"].to_numpy(dtype=float)
             assert np.allclose(served, by_hps, rtol=1e-5), (name, served, by_hps)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server)
         log.close()
 
 

@@ -68,7 +68,7 @@ def test_stock_behaviour_would_have_been_complete():
 
 def test_all_samplers_construct_and_suggest():
     cfg = parse_config(load_yaml("digits.yaml"))
-    assert set(SAMPLERS) == {"tpe", "random", "cmaes", "gp", "qmc"}
+    assert set(SAMPLERS) == {"tpe", "random", "cmaes", "gp", "qmc", "nsgaii"}
     for name in SAMPLERS:
         s = PruningAwareOptunaSearch(space=define_by_run(cfg.space), metric="val_loss", mode="min",
                                      sampler=make_sampler(name, 0))
@@ -81,7 +81,7 @@ def test_a_config_names_exactly_the_samplers_the_searcher_builds():
         raw["search"]["sampler"] = name
         assert parse_config(raw).search.sampler == name
         assert sampler_class(name).__name__.lower() == f"{name}sampler"
-    raw["search"]["sampler"] = "nsgaii"  # an Optuna sampler, but not one a config may name
+    raw["search"]["sampler"] = "nsgaiii"  # an Optuna sampler, but not one a config may name
     with pytest.raises(ConfigError, match="sampler"):
         parse_config(raw)
     with pytest.raises(ValueError, match="no sampler 'annealing'"):

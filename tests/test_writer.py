@@ -16,7 +16,8 @@ import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.writer import TrackingWriter, read_state, state_exists, write_state
+from search.storage import pending_file, state_exists
+from search.writer import TrackingWriter
 from tests.conftest import free_port
 
 
@@ -159,14 +160,6 @@ def test_pending_writes_saved_whole_and_replayed_with_what_was_given_up(mlflow_s
     assert runs["b"].data.metrics["val_loss"] == 0.5  # the writes after the lost upload were made
 
 
-def test_state_files_are_replaced_whole(tmp_path):
-    target = tmp_path / "deep" / "state.json"
-    write_state(str(target), "first")
-    write_state(str(target), "second")
-    assert read_state(str(target)) == "second" and state_exists(str(target))
-    assert [p.name for p in target.parent.iterdir()] == ["state.json"]
-
-
 @pytest.fixture(scope="module")
 def s3_bucket():
     """A local S3-compatible server (moto) with bucket ``hps``; skipped where moto is not installed."""
@@ -200,10 +193,8 @@ def test_with_s3_storage_pending_writes_and_uploads_live_in_the_bucket(mlflow_se
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
-    from search.tuner import _pending_file
-
     root = "s3://hps/searches/s3-search"
-    pending = _pending_file("s3://hps/searches", "s3-search")
+    pending = pending_file("s3://hps/searches", "s3-search")
     assert pending == f"{root}/mlflow-pending.json"
     local = make_model_folder(tmp_path / "model")
     s3.create_dir("hps/searches/s3-search/trial_a/checkpoint_000001")

@@ -166,7 +166,8 @@ def trial_epochs(
                 yield progress.diverged(epoch, divergence_reason(train_loss)), None
                 return
             results.append({"train_loss": train_loss, **evaluation})
-        metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds])}
+        metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds]),
+                   "n_params": sum(p.numel() for p in first.model.parameters())}  # an objective (search.objectives)
         if len(folds) > 1 and settings.metric in results[0]:
             # How much the folds disagree tells whether two trials' means differ by more than the luck of the cut.
             metrics[fold_std_name(settings.metric)] = statistics.pstdev(r[settings.metric] for r in results)

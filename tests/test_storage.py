@@ -1,0 +1,128 @@
+"""The storage folder without Ray running: where a search's state goes, claiming a folder, the manifest, state files
+written whole, a trial's results read back, which trials the saved experiment state records as ended, and
+checkpoint pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from search.errors import SearchExists, SearchNotFound, StorageError
+from search.storage import (
+    DEFAULT_STORAGE,
+    checkpoint_of,
+    claim_storage,
+    delete_state,
+    ended_in_saved_state,
+    experiment_path,
+    is_remote,
+    pending_file,
+    prune_checkpoints,
+    read_manifest,
+    read_results,
+    read_state,
+    state_exists,
+    storage_dir,
+    storage_flag,
+    write_manifest,
+    write_state,
+)
+
+
+def test_local_folders_are_made_absolute_and_uris_pass_through(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage_dir(None) == str(tmp_path / DEFAULT_STORAGE)
+    assert storage_dir("runs") == str(tmp_path / "runs")
+    assert storage_dir("s3://bucket/searches") == "s3://bucket/searches"
+    assert is_remote("s3://bucket/x") and not is_remote(str(tmp_path)) and not is_remote("relative/path")
+    assert storage_flag(storage_dir(None)) == ""
+    assert storage_flag(str(tmp_path / "other")) == f" --storage {tmp_path / 'other'}"
+    assert experiment_path("s3://bucket/searches/", "s") == "s3://bucket/searches/s"
+    assert pending_file(str(tmp_path), "s") == f"{tmp_path}/s/mlflow-pending.json"
+
+
+def test_claiming_refuses_an_existing_search_unless_overwritten(tmp_path):
+    storage = str(tmp_path / "runs")
+    claim_storage(storage, "s", overwrite=False)
+    (tmp_path / "runs" / "s" / "left-over").write_text("x")
+    with pytest.raises(SearchExists, match="hps resume s --storage"):
+        claim_storage(storage, "s", overwrite=False)
+    claim_storage(storage, "s", overwrite=True)
+    assert list((tmp_path / "runs" / "s").iterdir()) == []
+
+
+def test_claiming_storage_that_cannot_be_written_fails_before_anything_starts(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(StorageError, match="cannot be used"):
+        claim_storage(str(tmp_path / "a_file" / "runs"), "s", overwrite=False)
+
+
+def test_the_manifest_is_read_back_only_with_an_experiment_state_to_resume(tmp_path):
+    storage = str(tmp_path)
+    with pytest.raises(SearchNotFound, match="no search named 's'"):
+        read_manifest(storage, "s")
+    manifest = {"config": {"name": "s"}, "parent_run_id": "abc", "experiment_id": "1", "tracking_uri": "sqlite:///x"}
+    write_manifest(storage, "s", manifest)
+    with pytest.raises(SearchNotFound, match="no experiment state"):
+        read_manifest(storage, "s")
+    (tmp_path / "s" / "tuner.pkl").write_bytes(b"")  # what Tune's can_restore looks for
+    assert read_manifest(storage, "s") == manifest
+
+
+def test_state_files_are_replaced_whole(tmp_path):
+    target = tmp_path / "deep" / "state.json"
+    write_state(str(target), "first")
+    write_state(str(target), "second")
+    assert read_state(str(target)) == "second" and state_exists(str(target))
+    assert [p.name for p in target.parent.iterdir()] == ["state.json"]
+    delete_state(str(target))
+    delete_state(str(target))  # already gone: no error
+    assert not state_exists(str(target))
+
+
+def test_a_trials_results_are_read_line_by_line_nested_epochs_kept(tmp_path):
+    results = [{"epoch": 1, "val_loss": 0.9}, {"epoch": 3, "val_loss": 0.5, "earlier_epochs": [{"epoch": 2}]}]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results) + "\n")
+    assert read_results(str(tmp_path)) == results
+    assert read_results(str(tmp_path / "missing")) == [] and read_results(None) == []
+
+
+def test_ended_trials_are_those_the_newest_saved_state_records_as_ended(tmp_path):
+    def save_state(name: str, statuses: dict[str, str], mtime: float) -> None:
+        trial_data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+        path = tmp_path / f"experiment_state-{name}.json"
+        path.write_text(json.dumps({"trial_data": trial_data}))
+        os.utime(path, (mtime, mtime))
+
+    trial_dir = tmp_path / "trial_a"
+    trial_dir.mkdir()
+    assert ended_in_saved_state(str(trial_dir)) == set()
+    save_state("old", {"a": "TERMINATED", "b": "TERMINATED", "c": "ERROR"}, 1_000)
+    save_state("new", {"a": "TERMINATED", "b": "RUNNING", "c": "ERROR", "d": "PENDING"}, 2_000)
+    assert ended_in_saved_state(str(trial_dir)) == {"a", "c"}
+    (tmp_path / "experiment_state-new.json").write_text('{"trial_d')  # being rewritten: ask again later
+    os.utime(tmp_path / "experiment_state-new.json", (3_000, 3_000))
+    assert ended_in_saved_state(str(trial_dir)) == set()
+    assert ended_in_saved_state("s3://bucket/s/trial_a") == set()
+
+
+def test_pruning_removes_checkpoints_or_all_but_the_newest(tmp_path):
+    for index in (1, 2, 3):
+        (tmp_path / f"checkpoint_00000{index}").mkdir()
+    (tmp_path / "result.json").write_text("{}\n")
+    assert prune_checkpoints(str(tmp_path), keep_newest=True) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000003", "result.json"]
+    assert prune_checkpoints(str(tmp_path)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert prune_checkpoints("s3://bucket/s/trial") == 0 and prune_checkpoints(None) == 0
+
+
+def test_a_trials_checkpoint_is_found_by_its_folder():
+    results = [SimpleNamespace(path="/runs/s/trial_fn_a1b2_00000_0_lr=0.1", checkpoint="first"),
+               SimpleNamespace(path=None, checkpoint="never started"),
+               SimpleNamespace(path="/runs/s/trial_fn_a1b2_00001_1_lr=0.2", checkpoint="second")]
+    assert checkpoint_of(results, "a1b2_00001") == "second"
+    assert checkpoint_of(results, "ffff_00000") is None
