@@ -79,6 +79,11 @@ def build_mlp(arch: Architecture) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def parameter_count(model: nn.Module) -> int:
+    """The number of trainable values in a network (``n_params``, a possible second objective of a search)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 class Ensemble(nn.Module):
     """The average prediction of several trained networks (the top trials of a search).
 

@@ -63,7 +63,7 @@ from torch import nn
 
 from trainables.device import prepare_device
 from trainables.metrics import loss_target, validation_metrics
-from trainables.model import Architecture, hidden_sizes
+from trainables.model import Architecture, hidden_sizes, parameter_count
 from trainables.names import ACTIVATIONS, NORMS, OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
 from trainables.splitting import TrialData
@@ -364,7 +364,8 @@ class Pack:
                 results[member.member_id] = (member.progress.diverged(epoch, divergence_reason(train_loss)), None)
                 ended.append(member.member_id)
                 continue
-            metrics = member.progress.record(epoch, {"epoch": epoch, "train_loss": train_loss, **evaluation},
+            metrics = member.progress.record(epoch, {"epoch": epoch, "train_loss": train_loss, **evaluation,
+                                                     "n_params": parameter_count(member.model)},
                                              lambda i=index: self.member_weights(i))
             snapshot = None
             if member.progress.checkpoint_due(epoch):

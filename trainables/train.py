@@ -22,7 +22,7 @@ from torch import nn
 
 from trainables.device import memory_budget, prepare_device, same_device
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
-from trainables.model import Architecture, architecture_from_params, build_mlp
+from trainables.model import Architecture, architecture_from_params, build_mlp, parameter_count
 from trainables.names import OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, is_last_report
@@ -167,7 +167,7 @@ def trial_epochs(
                 return
             results.append({"train_loss": train_loss, **evaluation})
         metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds]),
-                   "n_params": sum(p.numel() for p in first.model.parameters())}  # an objective (search.objectives)
+                   "n_params": parameter_count(first.model)}  # an objective (search.objectives)
         if len(folds) > 1 and settings.metric in results[0]:
             # How much the folds disagree tells whether two trials' means differ by more than the luck of the cut.
             metrics[fold_std_name(settings.metric)] = statistics.pstdev(r[settings.metric] for r in results)
