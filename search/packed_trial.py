@@ -40,7 +40,10 @@ def packed_trial(config: dict, report_interval_s: float, decision_epochs: frozen
             resume = read_files(directory)
     handles = [ray.get_actor(name) for name in servers]
     loads = ray.get([h.load.remote(config) for h in handles])
-    server = handles[min(range(len(handles)), key=loads.__getitem__)]
+    # Best fit first (a pack of its kind with room, then the fewest members); ties broken by the trial's own hash,
+    # so trials that start together spread over empty servers instead of all choosing the first.
+    spread = hash(trial_id)
+    server = handles[min(range(len(handles)), key=lambda i: (loads[i], (spread + i) % len(handles)))]
     placement = ray.get(server.join.remote(trial_id, config, resume))
     if placement is None:
         return  # restored after its last epoch: nothing left to train

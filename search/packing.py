@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import tempfile
 import threading
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 EVICT_AFTER_S = 60.0
 # Epochs a member may be trained ahead of what its trial has collected: bounds the memory its queue holds.
 MAX_AHEAD = 64
+# Restarts of a dead pack server before its trials' retries fail for good (each retry has its own limit too).
+SERVER_RESTARTS = 100
 # A server answers many blocked `next_epochs` calls at once (one per member): Ray's threaded actor concurrency.
 MAX_CALLS = 1000
 
@@ -94,6 +97,10 @@ class PackServer:
         threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
 
     # ---- called by trials and the driver ----------------------------------------------------------------------
+
+    def process_id(self) -> int:
+        """The server's process (what an operator, or a test, signals)."""
+        return os.getpid()
 
     def load(self, params: dict) -> tuple[int, int]:
         """How well a configuration fits here: (0 if a pack of its kind has room else 1, members held)."""
@@ -247,10 +254,10 @@ def _files(snapshot: Snapshot | None) -> dict[str, bytes] | None:
         return read_files(directory)
 
 
-def server_names(search_root: str, slots: int) -> tuple[str, ...]:
-    """Actor names of a search's pack servers: unique to its experiment folder and stable across `hps resume` (the
-    release callback is restored with the Tuner and finds the new servers by name)."""
-    token = uuid.uuid5(uuid.NAMESPACE_URL, search_root).hex[:12]
+def server_names(slots: int) -> tuple[str, ...]:
+    """Actor names for one run of a search's pack servers: new for every run (`hps resume` starts its own, while
+    the servers of a killed driver may still be on their way out), so they never collide in a shared cluster."""
+    token = uuid.uuid4().hex[:12]
     return tuple(f"hps-pack-{token}-{i}" for i in range(slots))
 
 
@@ -270,8 +277,10 @@ class PackServers:
         self.names, self.handles = names, []
         data_ref = ray.put(data)
         for name in names:
+            # A server that dies (its process killed, OOM) is started again by Ray with the same name; the trials it
+            # held fail their next request and Tune retries them from their checkpoints, into the new server.
             options = {"name": name, "num_cpus": 0, "num_gpus": gpus, "max_concurrency": MAX_CALLS,
-                       "scheduling_strategy": "SPREAD"}
+                       "scheduling_strategy": "SPREAD", "max_restarts": SERVER_RESTARTS}
             self.handles.append(ray.remote(PackServer).options(**options).remote(data_ref, settings, pack_size))
 
     def __enter__(self) -> tuple[str, ...]:
@@ -290,9 +299,16 @@ def packed_trainable(settings: TrainSettings, servers: tuple[str, ...], cpus_per
 
 
 class PackRelease(tune.Callback):
-    """Tells the pack servers that a trial ended (ASHA stopped it, it failed), so its pack stops waiting for it."""
+    """Tells the pack servers that a trial ended (ASHA stopped it, it failed), so its pack stops waiting for it.
+
+    Restored with a Tuner (`hps resume`), it still names the servers of the run that pickled it: :meth:`serve`
+    hands it the new run's servers."""
 
     def __init__(self, servers: tuple[str, ...]) -> None:
+        self.servers = servers
+
+    def serve(self, servers: tuple[str, ...]) -> None:
+        """Release trials from ``servers`` from now on."""
         self.servers = servers
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

@@ -96,12 +96,12 @@ def train_settings(cfg: HpsConfig) -> TrainSettings:
     )
 
 
-def pack_servers(cfg: HpsConfig, data, search_root: str):
+def pack_servers(cfg: HpsConfig, data):
     """A context manager around the search's fit: its pack servers' names while they run (``resources.pack`` >
     1), else None."""
     if cfg.resources.pack == 1:
         return contextlib.nullcontext(None)
-    names = server_names(search_root, pack_slots(cfg.search.max_concurrent, cfg.resources.pack))
+    names = server_names(pack_slots(cfg.search.max_concurrent, cfg.resources.pack))
     return PackServers(names, data, train_settings(cfg), cfg.resources.pack, cfg.resources.gpus_per_trial)
 
 
@@ -205,8 +205,12 @@ def build_tuner(cfg: HpsConfig, data, storage_path: str, callbacks: list, warm: 
 def restore_tuner(cfg: HpsConfig, data, path: str, servers: tuple[str, ...] | None = None) -> tune.Tuner:
     """The Tuner of the search whose experiment state is at ``path``: errored trials stay errored (retries already
     happened); unfinished ones continue from their checkpoints (in ``servers`` when the search packs them)."""
-    return tune.Tuner.restore(path, trainable=trainable(cfg, data, servers), resume_unfinished=True,
-                              resume_errored=False)
+    tuner = tune.Tuner.restore(path, trainable=trainable(cfg, data, servers), resume_unfinished=True,
+                               resume_errored=False)
+    for callback in tuner_callbacks(tuner):
+        if isinstance(callback, PackRelease) and servers is not None:
+            callback.serve(servers)  # it was pickled naming the servers of the run that was stopped
+    return tuner
 
 
 def tuner_callbacks(tuner: tune.Tuner) -> list:

@@ -177,7 +177,7 @@ def _execute(search: _Search, make_tuner: Callable[[tuple[str, ...] | None], tun
     quick_failing_http()
     try:
         started_ray = init_ray(address)
-        with pack_servers(cfg, search.data, search.root) as servers:  # killed once the trials have ended
+        with pack_servers(cfg, search.data) as servers:  # killed once the trials have ended
             tuner = make_tuner(servers)
             logger = _trial_logger(tuner)
             results = tuner.fit()

@@ -4,17 +4,22 @@ checkpoints, ASHA decisions — and exactly the metrics the same configuration g
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
+import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
 from search.config import ConfigError, parse_config
 from search.dataset import split_from_config
 from search.evaluate import evaluate_search
-from search.leaderboard import leaderboard, trial_runs
+from search.leaderboard import find_search_run, leaderboard, trial_runs
 from search.packing import pack_slots, server_names
 from search.tuner import run_search
 from tests.conftest import load_yaml, shrink
+from tests.test_resilience import assert_clean_histories, children, output_of, slow_config, start_hps, wait_until
 from trainables.train import TrainSettings, train_trial
 
 pytestmark = pytest.mark.slow
@@ -94,8 +99,8 @@ def test_the_chosen_packed_trial_is_evaluated_like_any_other(packed, mlflow_serv
 
 def test_pack_servers_are_named_per_search_and_cover_the_concurrency():
     assert pack_slots(8, 4) == 2 and pack_slots(9, 4) == 3 and pack_slots(2, 8) == 1
-    a, b = server_names("/runs/a", 2), server_names("/runs/b", 2)
-    assert len(set(a)) == 2 and not set(a) & set(b) and server_names("/runs/a", 2) == a
+    a, b = server_names(2), server_names(2)  # e.g. `hps run`, then `hps resume` while the first run's still exit
+    assert len(set(a)) == 2 and not set(a) & set(b)
 
 
 def test_packing_refuses_folds_and_compile(mlflow_server):
@@ -107,3 +112,54 @@ def test_packing_refuses_folds_and_compile(mlflow_server):
     raw["training"]["compile"] = True
     with pytest.raises(ConfigError, match="resources.pack"):
         parse_config(raw)
+
+
+def pack_server_pids(holding_trials: bool = False) -> list[int]:
+    """Processes of the live pack servers in this test session's Ray (any search's: named ``hps-pack-...``), or of
+    those holding trials."""
+    pids = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("hps-pack-"):
+            try:
+                server = ray.get_actor(actor["name"], namespace=actor["namespace"])
+                if not holding_trials or ray.get(server.load.remote({}), timeout=10)[1] > 0:
+                    pids.append(ray.get(server.process_id.remote(), timeout=10))
+            except Exception:  # noqa: BLE001 - on its way out
+                continue
+    return pids
+
+
+def test_a_killed_pack_server_and_a_killed_driver_lose_nothing(ray_session, mlflow_server, tmp_path):
+    """A pack server's process is killed (SIGKILL) mid-search: Ray starts it again and Tune retries its trials from
+    their checkpoints into it. Then the driver is killed: `hps resume` finishes the search with every trial once and
+    every epoch once, its trials packed again."""
+    address = ray_session.get_runtime_context().gcs_address
+    storage = str(tmp_path / "runs")
+    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_server, num_samples=4, max_epochs=6,
+                         max_failures=3, max_concurrent=4)
+    raw = yaml.safe_load(config.read_text())
+    raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0)  # one bucket: 128, packable
+    raw["resources"] = {"cpus_per_trial": 1, "pack": 2}  # two servers of two
+    config.write_text(yaml.safe_dump(raw))
+    client = MlflowClient(mlflow_server)
+
+    first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
+    wait_until(lambda: any(r.data.metrics.get("best_epoch", 0) >= 2 for r in children(client, "packed-faults")),
+               what="two epochs trained", alive=first)
+    victim = pack_server_pids(holding_trials=True)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: any(int(r.data.tags.get("hps.retries", 0)) >= 1 for r in children(client, "packed-faults")),
+               what="a trial retried after its server was killed", alive=first)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(30)
+    wait_until(lambda: not pack_server_pids(), timeout=60, what="the killed driver's servers gone")
+
+    last = start_hps("resume", "packed-faults", "--address", address, "--storage", storage, cwd=tmp_path)
+    assert last.wait() == 0, output_of(tmp_path)
+    runs = children(client, "packed-faults")
+    assert len(runs) == 4 and len({r.data.tags["hps.trial_id"] for r in runs}) == 4
+    assert {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
+    assert_clean_histories(client, runs)
+    assert find_search_run(client, "packed-faults").info.status == "FINISHED"
+    packed_epochs = [m.value for r in runs for m in client.get_metric_history(r.info.run_id, "pack_members")]
+    assert max(packed_epochs) == 2
