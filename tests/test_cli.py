@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main as hps_main
 from tests.conftest import CONFIGS
+from tests.stores import sqlite_store
 
 
 def hps(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -73,7 +74,7 @@ def test_run_with_unreachable_tracking_uri_exits_2_quickly(tmp_path):
 def test_storage_that_is_a_file_exits_2_before_any_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("")
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     proc = hps_here("run", str(CONFIGS / "wine.yaml"), "--tracking-uri", uri, "--storage",
                     str(tmp_path / "a_file" / "runs"), capsys=capsys)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -94,8 +95,7 @@ def test_reading_commands_refuse_a_mistyped_database_and_odd_names(tmp_path, cap
     for args in (["evaluate", "x"], ["predict", "x", "rows.csv", "-o", "out.csv"]):  # no retrying for minutes
         proc = hps_here(*args, "--tracking-uri", "http://127.0.0.1:9", capsys=capsys)
         assert proc.returncode == 2 and "unreachable" in proc.stderr, (args, proc.stderr[-2000:])
-    database = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    MlflowClient(database).search_experiments()  # an existing, empty store
+    database = sqlite_store(tmp_path / "mlruns.db")  # an existing, empty store
     quoted = hps_here("trials", "a'b", "--tracking-uri", database, capsys=capsys)
     assert quoted.returncode == 2 and "search names are letters, digits" in quoted.stderr
     to_nowhere = hps_here("trials", "x", "--csv", str(tmp_path / "no" / "board.csv"), "--tracking-uri", database,

@@ -17,6 +17,7 @@ from search.dataset import split_from_config
 from search.space import define_by_run
 from search.tuner import asha_rungs, run_search
 from tests.conftest import CONFIGS, shrink
+from tests.stores import sqlite_store
 from tests.tables import write_idx
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.train import TrainSettings, train_trial
@@ -27,9 +28,8 @@ CONFIG_PATHS = sorted(CONFIGS.glob("*.yaml"))
 END_TO_END = "auto_mpg"
 
 
-def tiny_config(path, tmp_path):
+def tiny_config(path, tmp_path, uri: str = "sqlite:///mlruns.db"):
     """The config shrunk to a tiny budget (the MNIST files, not shipped, replaced by tiny IDX files)."""
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
     raw = yaml.safe_load(path.read_text())
     if raw["data"]["source"].startswith("idx:"):
         raw["data"]["source"] = f"idx:{write_idx(tmp_path / 'idx', n_train=100, n_test=20, side=28)}"
@@ -78,7 +78,7 @@ def test_reference_config_trains_a_trial(path, tmp_path):
 @pytest.mark.slow
 def test_a_reference_config_runs_as_a_search(ray_session, tmp_path):
     path = CONFIGS / f"{END_TO_END}.yaml"
-    cfg = tiny_config(path, tmp_path)
+    cfg = tiny_config(path, tmp_path, sqlite_store(tmp_path / "mlruns.db"))
     outcome = run_search(cfg, storage=str(tmp_path / "runs"))
     assert len(outcome.leaderboard) == 2
     assert set(outcome.leaderboard["status"]) == {"FINISHED"}
