@@ -43,6 +43,7 @@ def sampled_params(cfg, seed: int) -> dict:
     return {**trial.params, **constants}
 
 
+@pytest.mark.slow  # seconds of training per config (5 folds for auto_mpg)
 @pytest.mark.parametrize("path", CONFIG_PATHS, ids=lambda p: p.stem)
 def test_reference_config_trains_a_trial(path, tmp_path):
     cfg = tiny_config(path, tmp_path)
