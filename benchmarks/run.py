@@ -36,8 +36,10 @@ class Budget:
     packed_epochs: int = 3  # per trial, for each pack size (1, 4, 8, 16 trials): ~30 s on one core
 
 
-QUICK = Budget(reps=1, throughput_reps=1, throughput_epochs=2, overhead_trials=2, overhead_epochs=2,
-               asha_trials=3, asha_epochs=3, overhead_warmups=0, packed_epochs=1)
+# Checks that every part runs and writes its figure, in as little as each part allows: 2 trials at a time (the
+# figures' setting), one epoch where the figure needs no more, two where ASHA needs a rung before the last epoch.
+QUICK = Budget(reps=1, throughput_reps=1, throughput_epochs=1, overhead_trials=2, overhead_epochs=1,
+               asha_trials=2, asha_epochs=2, overhead_warmups=0, packed_epochs=1)
 
 # The issue's targets: ratio direction and threshold.
 TARGETS = {

@@ -1,4 +1,6 @@
-"""The `hps` command as a user runs it: a real subprocess joining the session's Ray, a real MLflow server."""
+"""The `hps` command as a user runs it: a real subprocess joining the session's Ray, a real MLflow server. Tests of
+the argument and refusal logic call `search.cli.main` in this process (the same code, without paying ~4 s of imports
+per command); the console script itself runs as a subprocess in the others."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.cli import main as hps_main
 from tests.conftest import CONFIGS
+from tests.stores import sqlite_store
 
 
 def hps(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -17,8 +21,16 @@ def hps(*args: str, cwd) -> subprocess.CompletedProcess:
                           timeout=300, cwd=cwd)
 
 
+def hps_here(*args: str, capsys) -> subprocess.CompletedProcess:
+    """`hps ARGS` run in this process (`search.cli.main`) from the current directory, as a CompletedProcess."""
+    capsys.readouterr()  # what came before is not this command's
+    code = hps_main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["hps", *args], code, out.out, out.err)
+
+
 @pytest.mark.slow
-def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_path):
+def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_path, capsys):
     address = ray_session.get_runtime_context().gcs_address
     run = hps("run", str(CONFIGS / "breast_cancer.yaml"), "--name", "cli-bc", "--num-samples", "3", "--max-epochs", "3",
               "--tracking-uri", mlflow_server, "--address", address, "--storage", str(tmp_path / "runs"),
@@ -32,7 +44,7 @@ def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_p
     assert run.stdout.count("done,") == 3  # one progress line per finished trial
 
     csv = tmp_path / "board.csv"
-    trials = hps("trials", "cli-bc", "--tracking-uri", mlflow_server, "--csv", str(csv), cwd=tmp_path)
+    trials = hps_here("trials", "cli-bc", "--tracking-uri", mlflow_server, "--csv", str(csv), capsys=capsys)
     assert trials.returncode == 0, trials.stderr
     board = pd.read_csv(csv)
     assert len(board) == 3 and board["rank"].tolist() == [1, 2, 3]
@@ -59,11 +71,12 @@ def test_run_with_unreachable_tracking_uri_exits_2_quickly(tmp_path):
     assert "unreachable" in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 
-def test_storage_that_is_a_file_exits_2_before_any_run(tmp_path):
+def test_storage_that_is_a_file_exits_2_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("")
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    proc = hps("run", str(CONFIGS / "wine.yaml"), "--tracking-uri", uri, "--storage", str(tmp_path / "a_file" / "runs"),
-               cwd=tmp_path)
+    uri = sqlite_store(tmp_path / "mlruns.db")
+    proc = hps_here("run", str(CONFIGS / "wine.yaml"), "--tracking-uri", uri, "--storage",
+                    str(tmp_path / "a_file" / "runs"), capsys=capsys)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"hps: error: storage {tmp_path / 'a_file' / 'runs'} cannot")
     assert "search wine-mlp" not in proc.stdout  # nothing announced, nothing recorded
@@ -71,22 +84,22 @@ def test_storage_that_is_a_file_exits_2_before_any_run(tmp_path):
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
-@pytest.mark.slow
-def test_reading_commands_refuse_a_mistyped_database_and_odd_names(tmp_path):
+def test_reading_commands_refuse_a_mistyped_database_and_odd_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     missing = tmp_path / "typo.db"
     (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
     for args in (["trials", "x"], ["report", "x"], ["evaluate", "x"], ["predict", "x", "rows.csv", "-o", "out.csv"]):
-        proc = hps(*args, "--tracking-uri", f"sqlite:///{missing}", cwd=tmp_path)
+        proc = hps_here(*args, "--tracking-uri", f"sqlite:///{missing}", capsys=capsys)
         assert proc.returncode == 2 and f"no tracking database {missing}" in proc.stderr, (args, proc.stderr[-2000:])
     assert not missing.exists()
     for args in (["evaluate", "x"], ["predict", "x", "rows.csv", "-o", "out.csv"]):  # no retrying for minutes
-        proc = hps(*args, "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+        proc = hps_here(*args, "--tracking-uri", "http://127.0.0.1:9", capsys=capsys)
         assert proc.returncode == 2 and "unreachable" in proc.stderr, (args, proc.stderr[-2000:])
-    database = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    MlflowClient(database).search_experiments()  # an existing, empty store
-    quoted = hps("trials", "a'b", "--tracking-uri", database, cwd=tmp_path)
+    database = sqlite_store(tmp_path / "mlruns.db")  # an existing, empty store
+    quoted = hps_here("trials", "a'b", "--tracking-uri", database, capsys=capsys)
     assert quoted.returncode == 2 and "search names are letters, digits" in quoted.stderr
-    to_nowhere = hps("trials", "x", "--csv", str(tmp_path / "no" / "board.csv"), "--tracking-uri", database, cwd=tmp_path)
+    to_nowhere = hps_here("trials", "x", "--csv", str(tmp_path / "no" / "board.csv"), "--tracking-uri", database,
+                          capsys=capsys)
     assert to_nowhere.returncode == 2 and "its folder does not exist" in to_nowhere.stderr
 
 

@@ -287,7 +287,8 @@ def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_ser
 
 
 
-def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, mlflow_server, tmp_path, monkeypatch):
+def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, mlflow_server, tmp_path, monkeypatch,
+                                                         capsys):
     if s3_endpoint is None:
         pytest.skip("moto is not installed (pip install -e '.[dev]'): no local S3 server")
     address, node_ids, _head_id, env = cluster
@@ -316,13 +317,20 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
             "model/weights.pt", "model/model.json"
         }
 
-    # The same name in the same bucket is refused before anything runs, as for a folder; --overwrite starts over.
-    again = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
-    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
-    # --overwrite deletes the old state before anything else is recorded: stopped right there (at the
-    # announcement every `hps run` makes once its input checks pass), the search's folder in the bucket is gone.
+    # The same name in the same bucket is refused before anything runs (before Ray: `hps run` in this process,
+    # with the bucket's credentials), as for a folder; --overwrite starts over.
+    from search.cli import main as hps_main
     from search.config import load_config
     from search.tuner import run_search
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, env[key])
+    capsys.readouterr()
+    refused = hps_main(["run", str(config), "--address", address, "--tracking-uri", mlflow_server, "--storage", storage])
+    said = capsys.readouterr().err
+    assert refused == 2 and "already exists" in said and "--overwrite" in said, said
+    # --overwrite deletes the old state before anything else is recorded: stopped right there (at the
+    # announcement every `hps run` makes once its input checks pass), the search's folder in the bucket is gone.
 
     class Announced(Exception):
         pass
@@ -330,8 +338,6 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
     def stop(_split):
         raise Announced
 
-    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-        monkeypatch.setenv(key, env[key])
     with pytest.raises(Announced):
         run_search(load_config(config), address=address, storage=storage, overwrite=True, announce=stop)
     assert s3.get_file_info(f"{BUCKET}/searches/{name}").type == pyarrow.fs.FileType.NotFound

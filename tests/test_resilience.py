@@ -25,6 +25,7 @@ from search.config import parse_config
 from search.leaderboard import find_search_run, trial_runs
 from search.tuner import SchedulerState, run_search
 from tests.conftest import load_yaml, shrink
+from tests.stores import sqlite_store
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240
@@ -114,7 +115,9 @@ def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_con
     writes, and once the server is back every epoch of every trial is in MLflow exactly once."""
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "runs"
-    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_control.uri, num_samples=3, max_epochs=10,
+    # 6 epochs: the victim is killed at epoch 2+ and the outage needs one more epoch; the retry and the third trial
+    # leave several epochs to train meanwhile.
+    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_control.uri, num_samples=3, max_epochs=6,
                          max_failures=2)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(storage), cwd=tmp_path)
     client = MlflowClient(mlflow_control.uri)
@@ -150,14 +153,14 @@ def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_con
     assert find_search_run(client, "faults").info.status == "FINISHED"
 
 
-def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session, mlflow_server, tmp_path):
+def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session, mlflow_server, tmp_path, capsys):
     """Ctrl-C stops cleanly (exit 130, the resume command printed, running trials ended as interrupted); the
     resumed search's driver is then killed (SIGKILL); `hps run` of the same search is refused with the resume
     command; `hps resume` finishes it with each trial once and each epoch once."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
     name = "interrupted"
-    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=6)
+    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=4)
     client = MlflowClient(mlflow_server)
 
     first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
@@ -177,8 +180,11 @@ def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session
     # Ray notices the dead driver and stops its trial actors: both CPUs free again.
     wait_until(lambda: ray_session.available_resources().get("CPU", 0) >= 2, timeout=60, what="the trials stopped")
 
-    again = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
-    assert again.wait() == 2 and f"hps resume {name}" in again.output, again.output
+    # The refusal comes before Ray or any run (search.tuner.run_search): the same code in this process.
+    capsys.readouterr()
+    refused = hps_main(["run", str(config), "--address", address, "--storage", storage])
+    said = capsys.readouterr().err
+    assert refused == 2 and f"hps resume {name}" in said, said
 
     last = start_hps("resume", name, "--address", address, "--storage", storage, cwd=tmp_path)
     assert last.wait() == 0, output_of(tmp_path)
@@ -195,8 +201,8 @@ def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session
 
 
 def test_diverging_trials_fail_with_a_reason_and_the_search_goes_on(ray_session, tmp_path):
-    uri = f"sqlite:///{tmp_path}/m.db"
-    raw = shrink(load_yaml("diabetes.yaml"), "diverge", uri, num_samples=8, max_epochs=3)
+    uri = sqlite_store(tmp_path / "m.db")
+    raw = shrink(load_yaml("diabetes.yaml"), "diverge", uri, num_samples=8, max_epochs=2)
     raw["space"] = {"optimizer": "sgd", "momentum": 0.9, "norm": "none", "n_layers": 2, "units": 16,
                     "lr": {"type": "categorical", "choices": [0.003, 0.01, 1.0e4, 1.0e5]}}
     raw["search"].update(sampler="random", max_failures=2)
@@ -216,8 +222,8 @@ def test_diverging_trials_fail_with_a_reason_and_the_search_goes_on(ray_session,
 
 
 def test_a_search_where_every_trial_fails_says_so(ray_session, tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/m.db"
-    raw = shrink(load_yaml("diabetes.yaml"), "all-diverge", uri, num_samples=2, max_epochs=3)
+    uri = sqlite_store(tmp_path / "m.db")
+    raw = shrink(load_yaml("diabetes.yaml"), "all-diverge", uri, num_samples=2, max_epochs=2)
     raw["space"] = {"optimizer": "sgd", "momentum": 0.9, "norm": "none", "n_layers": 2, "units": 16,
                     "lr": {"type": "float", "low": 1e6, "high": 1e8}}
     config = tmp_path / "c.yaml"
