@@ -25,7 +25,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +174,7 @@ def anchors(config: Path, overrides: list[str], seed: int) -> dict:
 def measure(settings: Settings, workdir: Path, save: Callable[[dict], None] | None = None) -> dict:
     """Every config × seed (× sampler): the per-seed records and a per-dataset summary. ``save`` is called with the
     partial result after every seed, so a long run that stops keeps what it did."""
-    out: dict = {"settings": {**settings.__dict__, "budget_overrides": settings.budget_overrides()}, "datasets": {}}
+    out: dict = {"settings": {**asdict(settings), "budget_overrides": settings.budget_overrides()}, "datasets": {}}
     for name in settings.configs:
         config = config_path(name)
         dataset: dict = {"config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
@@ -315,7 +315,7 @@ def table(results: dict) -> str:
 
 
 def write(results: dict, out: Path) -> Path:
-    """The table beside the JSON file (``latest.json`` → ``latest-quality.md``, ``quality.json`` → ``quality.md``)."""
+    """The table beside the JSON file: ``latest.json`` → ``latest-quality.md``, ``quality.json`` → ``quality.md``."""
     path = out.with_suffix(".md") if out.stem.endswith("quality") else out.with_name(f"{out.stem}-quality.md")
     path.write_text(table(results) + "\n")
     return path

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seeds", default="1,2,3,4,5", help="split seeds (search.seed is set to the same)")
     q.add_argument("--sampler-compare", action="store_true", help="also search with search.sampler=random, same budget")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every hps run")
-    q.add_argument("--trials", type=int, help="search.num_samples of every search (default: each config's; 3 with --quick)")
+    q.add_argument("--trials", type=int,
+                   help="search.num_samples of every search (default: each config's; 3 with --quick)")
     q.add_argument("--epochs", type=int, help="scheduler.max_epochs of every search, grace period 1 (3 with --quick)")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else Budget()

@@ -40,3 +40,28 @@ def test_quality_part_reports_hps_and_every_anchor(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| wine |"))
     assert f"{scores[0]:.4f}" in row and all(f"{s:.4f}" in row for s in scores[1:])
     assert results["machine"]["cpu"] in table and "--parts quality" in table
+
+
+def _seed(hps: float, mlp: float, metric: str = "test_mae", random: float | None = None) -> dict:
+    record = {"hps": {"test": {metric: hps}, "val_metric": "val_mae", "best_val": hps,
+                      "evaluated": {"top_k": 1, "refit": False}},
+              "anchors": {"metric": metric, "task": "regression", "n_dev": 100, "n_test": 20,
+                          "scores": {"mlp": mlp, "hist_gb": hps, "linear": hps + 1}}}
+    if random is not None:
+        record["hps_random"] = {"test": {metric: random}, "val_metric": "val_mae", "best_val": random}
+    return record
+
+
+def test_summary_counts_paired_wins_in_the_metric_direction():
+    from benchmarks.quality import summarize
+
+    # MAE: lower is better. hps beats the MLP on seed 1 only, ties gradient boosting on both, beats linear on both.
+    summary = summarize({"1": _seed(2.0, 2.5, random=2.2), "2": _seed(3.0, 2.0, random=2.8),
+                         "3": {"hps": {"error": "hps run exited with 1"}, "anchors": {}}})
+    assert summary["hps"] == {"mean": 2.5, "sd": summary["hps"]["sd"], "n": 2}
+    assert summary["vs"]["mlp"]["wins"] == 1 and summary["vs"]["hist_gb"] == {"wins": 0, "ties": 2, "n": 2,
+                                                                             "mean_diff": 0.0}
+    assert summary["vs"]["linear"]["wins"] == 2
+    assert summary["sampler"]["tpe_vs_random_val"]["wins"] == 1  # 2.0 < 2.2, 3.0 > 2.8
+    accuracy = summarize({"1": _seed(0.9, 0.8, "test_accuracy")})  # higher is better
+    assert accuracy["vs"]["mlp"]["wins"] == 1 and accuracy["vs"]["linear"]["wins"] == 0
