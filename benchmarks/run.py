@@ -1,5 +1,9 @@
 """``python -m benchmarks [--quick]``: run the four figures, print a table, write it as JSON.
 
+``--parts quality`` (never part of the default run: hours at full budget) measures search quality instead: every
+bundled config's default search and ``hps evaluate`` on several split seeds against scikit-learn anchors on the same
+splits (benchmarks/quality.py); it also writes its Markdown table beside the JSON file.
+
 Full budget (about 10 minutes on 2 CPU cores): throughput 5 x 20 epochs of each loop; overhead 3 x (24 trials x 30
 epochs, FIFO, 2 at a time); ASHA vs FIFO 3 x 32 trials x up to 30 epochs; packed trials 3 x (1, 4, 8, 16 trials x 3
 epochs, packed and one after another). ``--quick`` shrinks everything to
@@ -12,15 +16,20 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import sys
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks import quality
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
-PARTS = ("throughput", "overhead", "asha", "packed")
+PARTS = ("throughput", "overhead", "asha", "packed")  # the default run
+ALL_PARTS = (*PARTS, "quality")  # quality runs only when named: hours at its full budget
 
 
 @dataclass(frozen=True)
@@ -50,10 +59,11 @@ TARGETS = {
 }
 
 
-def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir: Path) -> dict:
-    from benchmarks import asha, machine, overhead, packed, throughput  # imported up front: one code version
+def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir: Path,
+        quality_settings: quality.Settings | None = None, command: str = "") -> dict:
+    from benchmarks import asha, machine, overhead, packed, throughput  # everything imported up front: one code version
 
-    results: dict = {"machine": machine.describe(), "budget": asdict(budget), "config": config}
+    results: dict = {"machine": machine.describe(), "budget": asdict(budget), "config": config, "command": command}
     started = time.perf_counter()
     if "throughput" in parts:
         import torch
@@ -83,6 +93,7 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         if budget.asha_epochs < 12:  # the quick budget: keep a rung inside the few epochs there are
             overrides.append("scheduler.grace_period=1")
         results["asha"] = asha.measure(config, overrides, budget.reps, workdir)
+        _save(results, out)
     if "packed" in parts:
         from search.config import load_config
         from search.dataset import split_from_config
@@ -90,6 +101,16 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         data = split_from_config(load_config(config)).trial_data()
         results["packed"] = packed.measure(data, budget.packed_epochs, budget.reps)
         _save(results, out)
+    if "quality" in parts:
+        started_quality = time.perf_counter()
+
+        def save_quality(partial: dict) -> None:
+            results["quality"] = partial
+            results["quality"]["wall_s"] = time.perf_counter() - started_quality
+            _save(results, out)
+
+        results["quality"] = quality.measure(quality_settings or quality.Settings(), workdir, save_quality)
+        results["quality"]["wall_s"] = time.perf_counter() - started_quality
     results["machine"]["load_after"] = machine.load()
     results["total_s"] = time.perf_counter() - started
     results["targets"] = _check_targets(results)
@@ -124,6 +145,8 @@ def table(results: dict) -> str:
         t = targets.get(name)
         return f"{t['target']} ({mark[t['met']]})" if t else "-"
 
+    if not any(part in results for part in PARTS):  # a quality-only run: its own table says it all
+        return quality.table(results) if "quality" in results else ""
     if "throughput" in results:
         t = results["throughput"]
         rows.append(f"| trainable throughput, digits, batch 64, CPU 1 thread (samples/s) | {t['ours_samples_per_s']:,.0f} "
@@ -152,29 +175,49 @@ def table(results: dict) -> str:
     head = (f"Machine: {m['cpu']} ({m['cpus']} CPUs), GPU: {m['gpu']}; torch {m['torch']}, ray {m['ray']}, "
             f"optuna {m['optuna']}. Load average (1/5/15 min) before {m['load_before']}, after {m.get('load_after')}. "
             f"Median of {b['reps']} repetitions ({b['throughput_reps']} for throughput); total {results.get('total_s', 0):.0f} s.")
-    return head + "\n\n" + "\n".join(rows)
+    text = head + "\n\n" + "\n".join(rows)
+    return text + "\n\n" + quality.table(results) if "quality" in results else text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks that the benchmark runs")
     parser.add_argument("--reps", type=int, help="repetitions per figure (default 3; 1 with --quick)")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {','.join(ALL_PARTS)} (default: {','.join(PARTS)})")
     parser.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    q = parser.add_argument_group("quality part")
+    q.add_argument("--configs", default=",".join(quality.DEFAULT_CONFIGS),
+                   help="configs/NAME.yaml names or paths (default: every bundled config but mnist)")
+    q.add_argument("--seeds", default="1,2,3,4,5", help="split seeds (search.seed is set to the same)")
+    q.add_argument("--sampler-compare", action="store_true", help="also search with search.sampler=random, same budget")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every hps run")
+    q.add_argument("--trials", type=int,
+                   help="search.num_samples of every search (default: each config's; 3 with --quick)")
+    q.add_argument("--epochs", type=int, help="scheduler.max_epochs of every search, grace period 1 (3 with --quick)")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else Budget()
     if args.reps:
         budget = Budget(**{**asdict(budget), "reps": args.reps, "throughput_reps": max(args.reps, budget.throughput_reps)})
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    unknown = set(parts) - set(PARTS)
+    unknown = set(parts) - set(ALL_PARTS)
     if unknown:
-        parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(ALL_PARTS)}")
+    settings = quality.Settings(
+        configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()),
+        sampler_compare=args.sampler_compare, overrides=tuple(args.set),
+        trials=args.trials or (3 if args.quick else None), epochs=args.epochs or (3 if args.quick else None),
+    )
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with tempfile.TemporaryDirectory(prefix="hps-bench-") as workdir:
-        results = run(parts, budget, args.config, args.out, Path(workdir))
+        results = run(parts, budget, args.config, args.out, Path(workdir), settings, command)
     print(table(results))
     print(f"\nwrote {args.out}")
+    if "quality" in results:
+        print(f"wrote {quality.write(results, args.out)}")
     return 0
