@@ -36,16 +36,19 @@ def trained_configurations(storage: Path, name: str) -> list[dict]:
     return [json.loads((p / "params.json").read_text()) for p in trial_dirs]
 
 
-def measure(config: str, overrides: list[str], reps: int, workdir: Path, warmups: int = 1) -> dict:
+def measure(config: str, overrides: list[str], reps: int, workdir: Path, warmups: int = 1,
+            hps_only: list[str] = ()) -> dict:
     """``reps`` pairs of runs: ``hps run``, then the Optuna script training exactly the configurations that run
     trained (so the ratio measures the service, not which networks each sampler happened to try). ``warmups``
     untimed pairs first (one by default), so neither pays for a cold file cache. The ratio is hps wall time /
-    Optuna wall time."""
+    Optuna wall time. ``hps_only`` overrides apply to `hps run` alone (packing: its trials at once, while the script
+    keeps its ``max_concurrent`` threads)."""
     sets = [arg for item in overrides for arg in ("--set", item)]
+    hps_sets = [arg for item in hps_only for arg in ("--set", item)]
     runs = []
     for pair in range(reps + warmups):  # the first ``warmups`` pairs: untimed
         name = f"bench-overhead-{pair}"
-        hps = [*hps_command(), "run", config, "--name", name, *sets,
+        hps = [*hps_command(), "run", config, "--name", name, *sets, *hps_sets,
                "--tracking-uri", f"sqlite:///{workdir}/overhead-{pair}.db", "--storage", str(workdir / "storage"),
                "--overwrite"]
         hps_wall, _ = _run(hps, workdir / f"overhead-{pair}-hps.log")
@@ -59,7 +62,7 @@ def measure(config: str, overrides: list[str], reps: int, workdir: Path, warmups
         runs.append({"hps_wall_s": hps_wall, "optuna_wall_s": optuna_wall, "optuna_best": optuna_best,
                      "ratio": hps_wall / optuna_wall})
     return {
-        "overrides": overrides,
+        "overrides": overrides, "hps_only": list(hps_only),
         "hps_wall_s": statistics.median(r["hps_wall_s"] for r in runs),
         "optuna_wall_s": statistics.median(r["optuna_wall_s"] for r in runs),
         "ratio": statistics.median(r["ratio"] for r in runs),
