@@ -31,6 +31,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
 PARTS = ("throughput", "overhead", "asha", "packed")  # the default run
 # Only when named: quality takes hours at its full budget; pack_search six full searches per repetition.
 ALL_PARTS = (*PARTS, "pack_search", "quality")
+PACK_SEARCH_FIGURES = ("pack_space", "pack_default", "overhead_packed")  # what the pack_search part writes
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def table(results: dict) -> str:
         t = targets.get(name)
         return f"{t['target']} ({mark[t['met']]})" if t else "-"
 
-    if not any(part in results for part in PARTS):  # a quality-only run: its own table says it all
+    if not any(part in results for part in (*PARTS, *PACK_SEARCH_FIGURES)):  # quality only: its own table says it all
         return quality.table(results) if "quality" in results else ""
     if "throughput" in results:
         t = results["throughput"]
@@ -177,11 +178,12 @@ def table(results: dict) -> str:
         t = results["throughput_gpu"]
         rows.append(f"| trainable throughput, GPU (samples/s) | {t['ours_samples_per_s']:,.0f} "
                     f"| {t['course_samples_per_s']:,.0f} (course-notes DataLoader loop) | {t['ratio']:.2f}x | - |")
-    if "overhead" in results:
-        o = results["overhead"]
-        rows.append(f"| `hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, 2 at a time (s) "
-                    f"| {o['hps_wall_s']:.1f} | {o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same configurations) "
-                    f"| {o['ratio']:.2f}x | {target('overhead')} |")
+    for key, how in (("overhead", "2 at a time"), ("overhead_packed", f"packed ({b['pack']} a worker, 2 workers)")):
+        if key in results:
+            o = results[key]
+            rows.append(f"| `hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, {how} (s) "
+                        f"| {o['hps_wall_s']:.1f} | {o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same configurations) "
+                        f"| {o['ratio']:.2f}x | {target(key)} |")
     if "asha" in results:
         a = results["asha"]
         rows.append(f"| epochs trained, {b['asha_trials']} trials x up to {b['asha_epochs']} | {a['asha_epochs']:.0f} (ASHA) "
@@ -195,11 +197,6 @@ def table(results: dict) -> str:
             rows.append(f"| `hps run` wall time, {b['pack_trials']} trials, {what} (s) | {r['packed_wall_s']:.1f} "
                         f"(pack {r['pack']} x {r['servers']} servers) | {r['unpacked_wall_s']:.1f} (unpacked, "
                         f"{r['servers']} at a time) | {r['ratio']:.2f}x faster | {target(key)} |")
-    if "overhead_packed" in results:
-        o = results["overhead_packed"]
-        rows.append(f"| `hps run` packed wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs (s) "
-                    f"| {o['hps_wall_s']:.1f} | {o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same configurations) "
-                    f"| {o['ratio']:.2f}x | {target('overhead_packed')} |")
     if "packed" in results:
         p = results["packed"]
         for row in p["rows"]:
