@@ -49,14 +49,6 @@ def check_common(result: dict, stdout: str) -> None:
     assert all(r["vs_sequential"] > 0 for r in result["ratios"])
 
 
-def test_cpu_smoke_without_concurrent_processes(tmp_path):
-    result, stdout = smoke_run(tmp_path, "0")
-    check_common(result, stdout)
-    assert "SKIP (PACKED_PROCESSES=0) [concurrent]" in stdout
-    assert {c["way"] for c in result["cases"]} == {"sequential", "packed"}
-    assert all(r["vs_concurrent"] is None for r in result["ratios"])
-
-
 @pytest.mark.slow  # spawns two processes that import torch: tens of seconds on a loaded 2-core machine
 def test_cpu_smoke_with_concurrent_processes(tmp_path):
     result, stdout = smoke_run(tmp_path, "2")
