@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import ray
@@ -129,19 +130,20 @@ def pack_server_pids(holding_trials: bool = False) -> list[int]:
     return pids
 
 
-def test_a_killed_pack_server_and_a_killed_driver_lose_nothing(ray_session, mlflow_server, tmp_path):
+def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_session, mlflow_control, tmp_path):
     """A pack server's process is killed (SIGKILL) mid-search: Ray starts it again and Tune retries its trials from
-    their checkpoints into it. Then the driver is killed: `hps resume` finishes the search with every trial once and
-    every epoch once, its trials packed again."""
+    their checkpoints into it. Then the tracking server goes down while the packs train (writes are buffered). Then
+    the driver is killed: `hps resume` finishes the search with every trial once and every epoch once in MLflow, its
+    trials packed again."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_server, num_samples=4, max_epochs=6,
+    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=4, max_epochs=10,
                          max_failures=3, max_concurrent=4)
     raw = yaml.safe_load(config.read_text())
     raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0)  # one bucket: 128, packable
     raw["resources"] = {"cpus_per_trial": 1, "pack": 2}  # two servers of two
     config.write_text(yaml.safe_dump(raw))
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_control.uri)
 
     first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
     wait_until(lambda: any(r.data.metrics.get("best_epoch", 0) >= 2 for r in children(client, "packed-faults")),
@@ -150,6 +152,14 @@ def test_a_killed_pack_server_and_a_killed_driver_lose_nothing(ray_session, mlfl
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: any(int(r.data.tags.get("hps.retries", 0)) >= 1 for r in children(client, "packed-faults")),
                what="a trial retried after its server was killed", alive=first)
+    try:
+        mlflow_control.stop()  # the outage: the packs keep training while the server is down
+        before = set(Path(storage).glob("packed-faults/*/checkpoint_*"))
+        wait_until(lambda: "buffering writes" in first.output, what="writes buffered", alive=first)
+        wait_until(lambda: set(Path(storage).glob("packed-faults/*/checkpoint_*")) - before,
+                   what="a checkpoint written during the outage", alive=first)
+    finally:
+        mlflow_control.start()
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(30)
     wait_until(lambda: not pack_server_pids(), timeout=60, what="the killed driver's servers gone")
