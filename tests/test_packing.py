@@ -137,10 +137,12 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     trials packed again."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=4, max_epochs=10,
+    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=4, max_epochs=30,
                          max_failures=3, max_concurrent=4)
     raw = yaml.safe_load(config.read_text())
-    raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0)  # one bucket: 128, packable
+    # One width bucket (128: packable on a CPU); batches of 4 rows make an epoch last long enough (~0.3 s) for the
+    # faults to land while the trials still train.
+    raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0, batch_size=4)
     raw["resources"] = {"cpus_per_trial": 1, "pack": 2}  # two servers of two
     config.write_text(yaml.safe_dump(raw))
     client = MlflowClient(mlflow_control.uri)
@@ -148,7 +150,7 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
     wait_until(lambda: any(r.data.metrics.get("best_epoch", 0) >= 2 for r in children(client, "packed-faults")),
                what="two epochs trained", alive=first)
-    victim = pack_server_pids(holding_trials=True)[0]
+    victim = wait_until(lambda: pack_server_pids(holding_trials=True), what="a server holding trials", alive=first)[0]
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: any(int(r.data.tags.get("hps.retries", 0)) >= 1 for r in children(client, "packed-faults")),
                what="a trial retried after its server was killed", alive=first)
@@ -160,6 +162,7 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
                    what="a checkpoint written during the outage", alive=first)
     finally:
         mlflow_control.start()
+    assert first.process.poll() is None, "the search ended before its driver could be killed: make epochs slower"
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(30)
     wait_until(lambda: not pack_server_pids(), timeout=60, what="the killed driver's servers gone")
