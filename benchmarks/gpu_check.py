@@ -54,7 +54,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -65,7 +64,8 @@ HARD_LIMIT_S = BUDGET_S + 8
 QUICK = os.environ.get("GPU_CHECK_QUICK", "0") not in ("", "0", "false", "no")
 HEAVY = ("ray", "mlflow", "optuna")
 
-# Run as a script, sys.path[0] is benchmarks/ itself: its modules must not shadow anything, and none is needed.
+# Run as a script, sys.path[0] is benchmarks/ itself: its modules must not shadow anything (benchmarks.deadline is
+# imported by package, from the checkout on the path).
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
     sys.path.pop(0)
@@ -82,6 +82,7 @@ import torch  # noqa: E402
 
 try:
     import trainables  # noqa: F401
+    from benchmarks import deadline  # the checkout's own: standard library only
     from trainables import device as D
     from trainables import train as T
     from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -1026,19 +1027,13 @@ def finish() -> int:
     return 1 if RESULT["failures"] else 0
 
 
-def _watchdog() -> None:
-    """Stop at the hard limit with whatever was measured (a compile can take longer than its time box)."""
+def _out_of_time() -> None:
+    """At the hard limit (a compile can take longer than its time box): say where it stopped."""
     fail(f"hard time limit {HARD_LIMIT_S:.0f}s reached in section {CURRENT['section']}; stopping with partial results")
-    try:
-        finish()
-    finally:
-        os._exit(1)
 
 
 def main() -> int:
-    timer = threading.Timer(max(1.0, HARD_LIMIT_S - (time.monotonic() - T0)), _watchdog)
-    timer.daemon = True
-    timer.start()
+    timer = deadline.arm(HARD_LIMIT_S, T0, _out_of_time, finish)
     data = split_dataset("sklearn:digits", "auto", 0.15, 0.15, 0).trial_data()
     print(f"gpu_check: trainables from {os.path.dirname(trainables.__file__)}; digits: {len(data.x_train)} training, "
           f"{len(data.x_val)} validation rows; budget {BUDGET_S:.0f}s{' (quick)' if QUICK else ''}", flush=True)

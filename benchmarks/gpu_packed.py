@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import deadline  # noqa: E402 - standard library only
 from benchmarks.packed import configurations  # noqa: E402 - imports trainables only
 from trainables.packed import Pack, pack_key  # noqa: E402
 from trainables.preprocessing import Preprocessor  # noqa: E402
@@ -464,24 +465,18 @@ def finish() -> int:
     return 1 if RESULT["failures"] else 0
 
 
-def _watchdog() -> None:
-    """Stop at the hard limit with what was measured; the processes this script started go with it."""
+def _out_of_time() -> None:
+    """At the hard limit: the processes this script started go, and the results say why they stop here."""
     for live in list(LIVE):
         try:
             live.kill() if isinstance(live, Workers) else live.__exit__()
         except Exception:  # noqa: BLE001
             pass
     RESULT["failures"].append(f"hard time limit {HARD_LIMIT_S:.0f}s reached; stopped with partial results")
-    try:
-        finish()
-    finally:
-        os._exit(1)
 
 
 def main() -> int:
-    timer = threading.Timer(max(1.0, HARD_LIMIT_S - (time.monotonic() - T0)), _watchdog)
-    timer.daemon = True
-    timer.start()
+    timer = deadline.arm(HARD_LIMIT_S, T0, _out_of_time, finish)
     torch.set_num_threads(1)  # as one Ray trial with one CPU; CPU work of the GPU cases stays off other cores
     print(f"gpu_packed: torch {torch.__version__}, device {DEVICE}"
           f"{' (' + torch.cuda.get_device_name(0) + ')' if HAS_CUDA else ''}, budget {BUDGET_S:.0f}s"
