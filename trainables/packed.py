@@ -55,7 +55,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -147,6 +147,10 @@ class _Member:
     description: dict
     # Where each entry of its solo state_dict lives in the pack: key → (kind, stacked name or layer, transposed, shape)
     entries: list[tuple[str, tuple]] | None = None
+    n_params: int = field(init=False)  # reported every epoch (a possible objective); fixed by the architecture
+
+    def __post_init__(self) -> None:
+        self.n_params = parameter_count(self.model)
 
     @property
     def epoch(self) -> int:
@@ -365,7 +369,7 @@ class Pack:
                 ended.append(member.member_id)
                 continue
             metrics = member.progress.record(epoch, {"epoch": epoch, "train_loss": train_loss, **evaluation,
-                                                     "n_params": parameter_count(member.model)},
+                                                     "n_params": member.n_params},
                                              lambda i=index: self.member_weights(i))
             snapshot = None
             if member.progress.checkpoint_due(epoch):

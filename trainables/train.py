@@ -150,6 +150,7 @@ def trial_epochs(
     use_amp = settings.amp and device.type == "cuda"
 
     progress = Progress(settings, resume)
+    n_params = parameter_count(first.model)  # reported every epoch (a possible objective); fixed by the architecture
     if resume is not None:
         for fold, model_state, optimizer_state in zip(folds, _per_fold(resume["model"]), _per_fold(resume["optimizer"])):
             fold.model.load_state_dict(model_state)
@@ -167,7 +168,7 @@ def trial_epochs(
                 return
             results.append({"train_loss": train_loss, **evaluation})
         metrics = {"epoch": epoch, **_mean_over_folds(results, [len(f.data.y_val) for f in folds]),
-                   "n_params": parameter_count(first.model)}  # an objective (search.objectives)
+                   "n_params": n_params}
         if len(folds) > 1 and settings.metric in results[0]:
             # How much the folds disagree tells whether two trials' means differ by more than the luck of the cut.
             metrics[fold_std_name(settings.metric)] = statistics.pstdev(r[settings.metric] for r in results)
