@@ -19,6 +19,7 @@ For every config and split seed S:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -171,9 +172,30 @@ def anchors(config: Path, overrides: list[str], seed: int) -> dict:
             "task": split.task, "n_dev": len(dev.x_train), "n_test": len(rows), "split_fingerprint": split.fingerprint}
 
 
-def measure(settings: Settings, workdir: Path, save: Callable[[dict], None] | None = None) -> dict:
+def earlier_searches(paths: list[Path], settings: Settings) -> dict[tuple[str, int, str], dict]:
+    """Finished searches recorded by earlier quality runs that ran exactly the searches ``settings`` asks for (same
+    overrides and budget), keyed by (config stem, seed, label): a run can add the random-search half to a recorded
+    TPE run, or go on after a stop, without searching again. Each reused record names the file it came from."""
+    reusable: dict[tuple[str, int, str], dict] = {}
+    for path in paths:
+        earlier = json.loads(path.read_text())["quality"]
+        same = (list(earlier["settings"]["overrides"]) == list(settings.overrides)
+                and list(earlier["settings"]["budget_overrides"]) == settings.budget_overrides())
+        if not same:
+            raise ValueError(f"{path}: its searches used other overrides or budget than this run's")
+        for stem, dataset in earlier["datasets"].items():
+            for seed, record in dataset["seeds"].items():
+                for label, search in record.items():
+                    if label != "anchors" and "test" in search:
+                        reusable[(stem, int(seed), label)] = {**search, "reused_from": str(path)}
+    return reusable
+
+
+def measure(settings: Settings, workdir: Path, save: Callable[[dict], None] | None = None,
+            reuse: dict[tuple[str, int, str], dict] | None = None) -> dict:
     """Every config × seed (× sampler): the per-seed records and a per-dataset summary. ``save`` is called with the
-    partial result after every seed, so a long run that stops keeps what it did."""
+    partial result after every seed, so a long run that stops keeps what it did; ``reuse`` (from
+    :func:`earlier_searches`) holds searches not to run again."""
     out: dict = {"settings": {**asdict(settings), "budget_overrides": settings.budget_overrides()}, "datasets": {}}
     for name in settings.configs:
         config = config_path(name)
@@ -181,19 +203,23 @@ def measure(settings: Settings, workdir: Path, save: Callable[[dict], None] | No
                          "seeds": {}}
         out["datasets"][config.stem] = dataset
         for seed in settings.seeds:
-            dataset["seeds"][str(seed)] = _one_seed(config, seed, settings, workdir)
+            dataset["seeds"][str(seed)] = _one_seed(config, seed, settings, workdir, reuse or {})
             dataset["summary"] = summarize(dataset["seeds"])
             if save:
                 save(out)
     return out
 
 
-def _one_seed(config: Path, seed: int, settings: Settings, workdir: Path) -> dict:
+def _one_seed(config: Path, seed: int, settings: Settings, workdir: Path,
+              reuse: dict[tuple[str, int, str], dict]) -> dict:
     overrides = [f"data.split.seed={seed}", f"search.seed={seed}", *settings.budget_overrides(), *settings.overrides]
     record: dict = {}
     samplers = {"hps": overrides, **({"hps_random": [*overrides, "search.sampler=random"]}
                                      if settings.sampler_compare else {})}
     for label, sets in samplers.items():
+        if (config.stem, seed, label) in reuse:
+            record[label] = reuse[(config.stem, seed, label)]
+            continue
         try:
             record[label] = _Search(config, seed, sets, workdir, label).run()
         except RuntimeError as exc:  # one failed search is a gap in the table, not the end of a long run
@@ -307,6 +333,11 @@ def table(results: dict) -> str:
             lines.append(f"| {name} | {c['val_metric']} | {_fmt(c['tpe_val'], 4)} | {_fmt(c['random_val'], 4)} "
                          f"| {_wins(c['tpe_vs_random_val'])} | {_fmt(c['tpe_test'], digits)} "
                          f"| {_fmt(c['random_test'], digits)} | {_wins(c['tpe_vs_random_test'])} |")
+    reused = sorted({r[label]["reused_from"] for d in quality["datasets"].values() for r in d["seeds"].values()
+                     for label in ("hps", "hps_random") if "reused_from" in r.get(label, {})})
+    if reused:
+        lines += ["", f"Searches reused from earlier runs (same overrides and budget, run by the code of their day): "
+                  f"{', '.join(f'`{Path(p).name}`' for p in reused)}."]
     failed = [f"{n} seed {s} {label}: {r[label]['error']}" for n, d in quality["datasets"].items()
               for s, r in d["seeds"].items() for label in ("hps", "hps_random") if "error" in r.get(label, {})]
     if failed:

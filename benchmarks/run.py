@@ -69,7 +69,8 @@ TARGETS = {
 
 
 def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir: Path,
-        quality_settings: quality.Settings | None = None, command: str = "") -> dict:
+        quality_settings: quality.Settings | None = None, command: str = "",
+        quality_reuse: dict | None = None) -> dict:
     from benchmarks import asha, machine, overhead, pack_search, packed, throughput  # imported up front: one version
 
     results: dict = {"machine": machine.describe(), "budget": asdict(budget), "config": config, "command": command}
@@ -132,7 +133,8 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
             results["quality"]["wall_s"] = time.perf_counter() - started_quality
             _save(results, out)
 
-        results["quality"] = quality.measure(quality_settings or quality.Settings(), workdir, save_quality)
+        results["quality"] = quality.measure(quality_settings or quality.Settings(), workdir, save_quality,
+                                             quality_reuse)
         results["quality"]["wall_s"] = time.perf_counter() - started_quality
     results["machine"]["load_after"] = machine.load()
     results["total_s"] = time.perf_counter() - started
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seeds", default="1,2,3,4,5", help="split seeds (search.seed is set to the same)")
     q.add_argument("--sampler-compare", action="store_true", help="also search with search.sampler=random, same budget")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every hps run")
+    q.add_argument("--reuse", action="append", type=Path, default=[], metavar="JSON",
+                   help="earlier quality results: their finished searches with the same overrides are not run again")
     q.add_argument("--trials", type=int,
                    help="search.num_samples of every search (default: each config's; 3 with --quick)")
     q.add_argument("--epochs", type=int, help="scheduler.max_epochs of every search, grace period 1 (3 with --quick)")
@@ -241,12 +245,16 @@ def main(argv: list[str] | None = None) -> int:
         sampler_compare=args.sampler_compare, overrides=tuple(args.set),
         trials=args.trials or (3 if args.quick else None), epochs=args.epochs or (3 if args.quick else None),
     )
+    try:
+        reuse = quality.earlier_searches(args.reuse, settings)
+    except (OSError, ValueError, KeyError) as exc:
+        parser.error(f"--reuse: {exc}")
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with tempfile.TemporaryDirectory(prefix="hps-bench-") as workdir:
-        results = run(parts, budget, args.config, args.out, Path(workdir), settings, command)
+        results = run(parts, budget, args.config, args.out, Path(workdir), settings, command, reuse)
     print(table(results))
     print(f"\nwrote {args.out}")
     if "quality" in results:
