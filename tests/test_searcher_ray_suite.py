@@ -51,7 +51,7 @@ def _fit(tmp_path, fn, searcher, param_space, num_samples, metric=None, mode=Non
         fn,
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, metric=metric, mode=mode, num_samples=num_samples,
-                                    reuse_actors=False),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     ).fit()
 
