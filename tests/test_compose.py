@@ -861,7 +861,8 @@ def test_mlflow_entrypoint_passes_the_database_uri_through_the_environment(tmp_p
     parsed.read(config)
     assert dict(parsed["mlflow"]) == {
         "default_permission": "READ", "database_uri": uri,
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": "60"}
 
 
 @pytest.mark.parametrize("variable", ["POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"])
@@ -885,9 +886,11 @@ def basic_auth_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("basic-auth")
     admin_password = _good_secret()
     config = root / "basic_auth.ini"
+    # As docker/mlflow-server.sh writes it, with a SQLite user store instead of PostgreSQL.
     config.write_text("[mlflow]\ndefault_permission = READ\n"
                       f"database_uri = sqlite:///{root}/auth.db\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                      "auth_cache_ttl_seconds = 60\n")
     env = {**server_env(), "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": _good_secret()}
     port = free_port()
