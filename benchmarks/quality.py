@@ -56,6 +56,9 @@ class Settings:
     overrides: tuple[str, ...] = ()
     trials: int | None = None
     epochs: int | None = None
+    # Other ways to choose the tested model, each a forced `hps evaluate NAME --force ARGS` of the same search after
+    # the configured one: {"top5": ["--top-k", "5"]}. A study of selection rules, not a default of the benchmark.
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def budget_overrides(self) -> list[str]:
         sets = [] if self.trials is None else [f"search.num_samples={self.trials}"]
@@ -79,6 +82,7 @@ class _Search:
     overrides: list[str]
     workdir: Path
     label: str
+    variants: dict[str, list[str]] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
 
     def run(self) -> dict:
@@ -92,6 +96,12 @@ class _Search:
         _hps(["evaluate", name, "--tracking-uri", uri], self.workdir / f"{name}-evaluate.log")
         self.record = {"run_s": searched - started, "evaluate_s": time.perf_counter() - searched,
                        **_recorded(uri, name)}
+        for variant, args in self.variants.items():  # the same search tested again, chosen another way
+            _hps(["evaluate", name, "--tracking-uri", uri, "--force", *args],
+                 self.workdir / f"{name}-evaluate-{variant}.log")
+            again = _recorded(uri, name)
+            self.record.setdefault("variants", {})[variant] = {"args": args, "test": again["test"],
+                                                               "evaluated": again["evaluated"]}
         return self.record
 
 
@@ -217,11 +227,13 @@ def _one_seed(config: Path, seed: int, settings: Settings, workdir: Path,
     samplers = {"hps": overrides, **({"hps_random": [*overrides, "search.sampler=random"]}
                                      if settings.sampler_compare else {})}
     for label, sets in samplers.items():
-        if (config.stem, seed, label) in reuse:
+        wanted = {name for name, _ in settings.variants} if label == "hps" else set()
+        if (config.stem, seed, label) in reuse and wanted <= set(reuse[(config.stem, seed, label)].get("variants", {})):
             record[label] = reuse[(config.stem, seed, label)]
             continue
         try:
-            record[label] = _Search(config, seed, sets, workdir, label).run()
+            variants = {name: list(args) for name, args in settings.variants} if label == "hps" else {}
+            record[label] = _Search(config, seed, sets, workdir, label, variants).run()
         except RuntimeError as exc:  # one failed search is a gap in the table, not the end of a long run
             record[label] = {"error": str(exc)}
     record["anchors"] = anchors(config, overrides, seed)
@@ -279,6 +291,22 @@ def summarize(seeds: dict) -> dict:
     return summary
 
 
+def variant_summary(seeds: dict) -> dict:
+    """Per selection variant: mean ± sd of its test metric and its paired wins against the configured selection
+    (the same searches), over the seeds where both were tested."""
+    done = [r for r in seeds.values() if "test" in r.get("hps", {}) and r["hps"].get("variants")]
+    if not done:
+        return {}
+    metric = done[0]["anchors"]["metric"]
+    base = [r["hps"]["test"][metric] for r in done]
+    out = {"metric": metric, "configured": _spread(base), "variants": {}}
+    for name in done[0]["hps"]["variants"]:
+        theirs = [r["hps"]["variants"][name]["test"][metric] for r in done]
+        out["variants"][name] = {"args": done[0]["hps"]["variants"][name]["args"], "test": _spread(theirs),
+                                 "vs_configured": _paired(theirs, base, _higher_is_better(metric))}
+    return out
+
+
 def _fmt(spread: dict, digits: int) -> str:
     return f"{spread['mean']:.{digits}f} ± {spread['sd']:.{digits}f}"
 
@@ -333,6 +361,19 @@ def table(results: dict) -> str:
             lines.append(f"| {name} | {c['val_metric']} | {_fmt(c['tpe_val'], 4)} | {_fmt(c['random_val'], 4)} "
                          f"| {_wins(c['tpe_vs_random_val'])} | {_fmt(c['tpe_test'], digits)} "
                          f"| {_fmt(c['random_test'], digits)} | {_wins(c['tpe_vs_random_test'])} |")
+    studied = {n: variant_summary(d["seeds"]) for n, d in quality["datasets"].items()}
+    studied = {n: v for n, v in studied.items() if v}
+    if studied:
+        lines += ["", "The same searches tested again with the model chosen another way (`hps evaluate --force ARGS`); "
+                  "\"better\" counts the seeds on which the variant beat the configured choice:", "",
+                  "| dataset | metric | configured | variant | its test metric | better than configured |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in studied.items():
+            digits = 4 if _higher_is_better(v["metric"]) else 3
+            for variant, r in v["variants"].items():
+                lines.append(f"| {name} | {v['metric'].removeprefix('test_')} | {_fmt(v['configured'], digits)} "
+                             f"| {variant} (`{' '.join(r['args'])}`) | {_fmt(r['test'], digits)} "
+                             f"| {_wins(r['vs_configured'])} |")
     reused = sorted({r[label]["reused_from"] for d in quality["datasets"].values() for r in d["seeds"].values()
                      for label in ("hps", "hps_random") if "reused_from" in r.get(label, {})})
     if reused:

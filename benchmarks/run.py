@@ -212,6 +212,14 @@ def table(results: dict) -> str:
     return text + "\n\n" + quality.table(results) if "quality" in results else text
 
 
+def _variant(parser: argparse.ArgumentParser, text: str) -> tuple[str, tuple[str, ...]]:
+    """``top5=--top-k 5`` → ("top5", ("--top-k", "5"))."""
+    name, sep, args = text.partition("=")
+    if not sep or not name.strip() or not args.strip():
+        parser.error(f"--variant {text!r}: expected NAME=ARGS, e.g. 'top5=--top-k 5'")
+    return name.strip(), tuple(shlex.split(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks that the benchmark runs")
@@ -226,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seeds", default="1,2,3,4,5", help="split seeds (search.seed is set to the same)")
     q.add_argument("--sampler-compare", action="store_true", help="also search with search.sampler=random, same budget")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every hps run")
+    q.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                   help="also test each search's model chosen another way: `hps evaluate --force ARGS`, "
+                        "e.g. 'top5=--top-k 5'")
     q.add_argument("--reuse", action="append", type=Path, default=[], metavar="JSON",
                    help="earlier quality results: their finished searches with the same overrides are not run again")
     q.add_argument("--trials", type=int,
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
         seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()),
         sampler_compare=args.sampler_compare, overrides=tuple(args.set),
+        variants=tuple(_variant(parser, v) for v in args.variant),
         trials=args.trials or (3 if args.quick else None), epochs=args.epochs or (3 if args.quick else None),
     )
     try:
