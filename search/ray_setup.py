@@ -23,7 +23,7 @@ from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
 from trainables.ray_adapter import tune_trainable
 from search.warmstart import WarmStart
-from trainables.train import TrainSettings
+from trainables.settings import TrainSettings
 
 
 def init_ray(address: str | None) -> bool:

@@ -17,7 +17,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from trainables.checkpoint import MODEL_DIR
+from trainables.checkpoint_files import MODEL_DIR
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, epoch_number, expand_epochs
 from search.storage import ended_in_saved_state, prune_checkpoints, read_results
 from search.pareto import OBJECTIVES_TAG, objectives_tag

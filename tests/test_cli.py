@@ -123,3 +123,13 @@ def test_reading_commands_import_no_ray():
             "assert not loaded, loaded; import search.tuner; assert 'ray' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_search_driver_imports_no_torch():
+    """`hps run/resume` leave PyTorch to the trials' workers (~1.5 s saved on every start); the trainable, the pack
+    servers and checkpoint reading still import fine where they run."""
+    code = ("import sys; import search.tuner, search.packing, trainables.ray_adapter; "
+            "assert 'torch' not in sys.modules, 'the driver imported torch'; "
+            "import search.pack_server, trainables.checkpoint; assert 'torch' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

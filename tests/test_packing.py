@@ -137,9 +137,11 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     trials packed again."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=4, max_epochs=30,
+    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=4, max_epochs=20,
                          max_failures=3, max_concurrent=4)
     raw = yaml.safe_load(config.read_text())
+    # A checkpoint every 3 epochs: one lands soon after the outage begins, and the retries lose few epochs.
+    raw["training"]["checkpoint_every"] = 3
     # One width bucket (128: packable on a CPU); batches of 4 rows make an epoch last long enough (~0.3 s) for the
     # faults to land while the trials still train.
     raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0, batch_size=4)

@@ -15,12 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.checkpoint_files import DESCRIPTION_FILE, MODEL_DIR, STATE_FILE, WEIGHTS_FILE
 from trainables.model import Architecture, Ensemble, build_mlp
-
-STATE_FILE = "state.pt"
-MODEL_DIR = "model"
-WEIGHTS_FILE = "weights.pt"
-DESCRIPTION_FILE = "model.json"
 
 
 def save_checkpoint(directory: str | Path, state: dict, description: dict) -> None:

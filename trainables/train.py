@@ -26,6 +26,7 @@ from trainables.model import Architecture, architecture_from_params, build_mlp, 
 from trainables.names import OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, is_last_report
+from trainables.settings import TrainSettings
 from trainables.splitting import TrialData
 
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
@@ -48,32 +49,6 @@ class Snapshot:
 
 
 Report = Callable[[dict, "Snapshot | None"], None]
-
-
-@dataclass
-class TrainSettings:
-    """How to train, as opposed to what (the hyperparameters)."""
-
-    max_epochs: int
-    metric: str = "val_loss"
-    seed: int = 0
-    device: str | torch.device = "cpu"  # where to train; "cuda" means the current GPU
-    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch and decision epochs are always saved
-    # Epochs at which a scheduler may stop the trial (ASHA's rungs): checkpointed too, so a stopped trial's best
-    # weights (kept in memory between checkpoints) are never lost.
-    decision_epochs: frozenset[int] = frozenset()
-    amp: bool = False  # bf16 autocast of the training steps on CUDA (validation is always fp32); ignored on CPU
-    num_threads: int = 1  # intra-op threads; follows the CPUs a trial was given
-    # torch.compile the model: False, True (inductor's default mode) or "reduce-overhead" (CUDA graphs on a GPU:
-    # one launch replays a whole step, which is what small dispatch-bound MLPs need). Compiling takes seconds.
-    compile: bool | str = False
-    gpu_share: float = 1.0  # the fraction of the GPU the trial holds (Ray's fractional gpus); sizes resident data
-    # Shortest time between two reports to the scheduler; shorter epochs travel together (trainables.reporting).
-    report_interval_s: float = 0.0
-    stream: bool | None = None  # keep data in host memory and move batches; None: only when it does not fit the device
-    # Early stopping: end the trial once ``metric``'s best value has not improved for this many epochs (None: off).
-    # Its last report carries STOPPED_NO_IMPROVEMENT and a checkpoint holding the best epoch's weights.
-    patience: int | None = None
 
 
 def patience_ran_out(epoch: int, best_epoch: int, patience: int | None) -> bool:
