@@ -359,7 +359,9 @@ class SchedulerConfig(_Strict):
 class ResourcesConfig(_Strict):
     """Logical resources per trial; fractional GPUs share a device between trials."""
 
-    cpus_per_trial: float = Field(default=1, gt=0, allow_inf_nan=False)
+    # Ray counts resources in steps of 0.0001: a smaller share cannot be scheduled (and would divide the host's CPUs
+    # into an infinite number of trials).
+    cpus_per_trial: float = Field(default=1, ge=0.0001, allow_inf_nan=False)
     gpus_per_trial: float = Field(default=0, ge=0)
     # Packed trials: up to this many compatible trials (same depth, activation, norm, optimizer and batch size;
     # widths in one bucket) train together in one worker as one stacked computation (search.packing). Each stays a

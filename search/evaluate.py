@@ -32,7 +32,8 @@ from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, s
 from trainables.data import DataError, Preprocessor, TrialData
 from trainables.device import local_device
 from trainables.model import Architecture
-from trainables.metrics import classification_report_metrics, metric_mode, regression_report_metrics
+from trainables.metrics import metric_mode
+from trainables.test_metrics import classification_report_metrics, regression_report_metrics
 from trainables.predict import model_outputs, probabilities, regression_values
 from trainables.train import fold_std_name, train_epochs
 

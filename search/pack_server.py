@@ -20,7 +20,7 @@ from trainables.device import trial_device
 from trainables.packed import Pack, pack_key
 from trainables.reporting import is_last_report
 from trainables.settings import TrainSettings
-from trainables.splitting import TrialData
+from trainables.trial_data import TrialData
 from trainables.train import Snapshot, Solo
 
 log = logging.getLogger(__name__)

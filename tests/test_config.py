@@ -68,6 +68,8 @@ BAD_CASES = {
     "fractional GPUs above one": (with_change("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial", "one device"),
     # A trial trains on one device: a second whole GPU would sit idle while Ray counts it as busy.
     "two GPUs per trial": (with_change("resources.gpus_per_trial", 2), "resources.gpus_per_trial", "one device"),
+    "a CPU share Ray cannot schedule": (with_change("resources.cpus_per_trial", 1e-9), "resources.cpus_per_trial",
+                                        "greater than or equal to 0.0001"),
     "bad log_models": (with_change("tracking.log_models", "some"), "tracking.log_models", "all"),
     "unknown loss": (with_change("space.loss", "l1"), "space.loss", "mse, mae, huber"),
     "regression loss on a classifier": (with_change("space.loss", "mae"), "space.loss", "only regressions"),

@@ -66,7 +66,7 @@ from trainables.metrics import loss_target, validation_metrics
 from trainables.model import Architecture, hidden_sizes, parameter_count
 from trainables.names import ACTIVATIONS, NORMS, OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
-from trainables.splitting import TrialData
+from trainables.trial_data import TrialData
 from trainables.train import (
     EVAL_BATCH,
     Progress,

@@ -15,7 +15,7 @@ from trainables.reporting import EpochBatcher
 from trainables.settings import TrainSettings
 
 if TYPE_CHECKING:
-    from trainables.splitting import TrialData
+    from trainables.trial_data import TrialData
     from trainables.train import Snapshot
 
 

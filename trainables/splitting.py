@@ -21,24 +21,10 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from trainables.names import MAX_CATEGORIES, MAX_COLUMNS, DataError, impute_error
 from trainables.preprocessing import Preprocessor, check_categories, inf_columns_as_missing, refuse_empty_columns
 from trainables.sources import Table, load_table, reason
+from trainables.trial_data import TrialData
 from trainables.tasks import check_target, detect_task, label_name, plain_value
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrialData:
-    """What a trial receives: standardized train/validation arrays and how they were made."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    preprocessor: dict
-
-    @property
-    def task(self) -> str:
-        return self.preprocessor["task"]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from trainables.names import OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, is_last_report
 from trainables.settings import TrainSettings
-from trainables.splitting import TrialData
+from trainables.trial_data import TrialData
 
 EVAL_BATCH = 8192  # validation runs in large batches: no gradients, so memory is not the limit
 # Data stays resident on a GPU only while it takes at most this share of the free device memory: trials sharing a
