@@ -99,7 +99,8 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
     if "asha" in parts:
 
         overrides = [*common, "search.metric=val_accuracy", f"search.num_samples={budget.asha_trials}",
-                     f"scheduler.max_epochs={budget.asha_epochs}", "tracking.log_models=none"]
+                     f"scheduler.max_epochs={budget.asha_epochs}", "tracking.log_models=none",
+                     "evaluate.top_k=1"]  # no models kept: the config's top-5 evaluation would be refused
         if budget.asha_epochs < 12:  # the quick budget: keep a rung inside the few epochs there are
             overrides.append("scheduler.grace_period=1")
         results["asha"] = asha.measure(config, overrides, budget.reps, workdir)

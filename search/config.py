@@ -76,7 +76,7 @@ def check_members_have_models(top_k: int, log_models: str, what: str) -> None:
     MLflow: only ``log_models: all`` uploads them. Raises ValueError naming ``what`` otherwise."""
     if top_k > 1 and log_models != "all":
         raise ValueError(f"{what}: {top_k} averages the {top_k} best trials' models, which only tracking.log_models: "
-                         f"all keeps (this search: {log_models})")
+                         f"all keeps (this search: {log_models}); keep them, or test the single best trial (1)")
 
 
 def check_registered_name(name: str) -> str:
