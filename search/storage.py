@@ -180,9 +180,11 @@ def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:
     filesystem.delete_dir(path)
 
 
-def read_results(trial_dir: str | None) -> list[dict]:
+def read_results(trial_dir: str | None, filesystem=None) -> list[dict]:
     """Every result a trial reported, from the ``result.json`` Tune's JSON logger keeps in its folder.
 
+    ``trial_dir`` is a local path or a URI, or a path on ``filesystem`` (a pyarrow filesystem): Tune's
+    ``Trial.path`` is a path on the trial's storage filesystem, without the ``s3://`` of the storage it is in.
     (Tune's ``Result.metrics_dataframe`` holds the same rows flattened into columns; a report that carries several
     short epochs nests them, so the lines are read as they were written.)
     """
@@ -191,8 +193,12 @@ def read_results(trial_dir: str | None) -> list[dict]:
     if not trial_dir:
         return []
     try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(trial_dir) if is_remote(trial_dir) else (
-            pyarrow.fs.LocalFileSystem(), trial_dir)
+        if filesystem is not None:
+            path = trial_dir
+        elif is_remote(trial_dir):
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(trial_dir)
+        else:
+            filesystem, path = pyarrow.fs.LocalFileSystem(), trial_dir
         with filesystem.open_input_stream(f"{path}/result.json") as stream:
             text = stream.readall().decode()
     except (OSError, FileNotFoundError):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs
 import pytest
 import requests
 import yaml
@@ -168,3 +169,29 @@ def shrink(raw: dict, name: str, tracking_uri: str, num_samples: int = 6, max_ep
     if isinstance(raw["space"].get("units"), dict):
         raw["space"]["units"].update(low=8, high=32)
     return raw
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A local S3-compatible server (moto) with bucket ``hps``; skipped where moto is not installed."""
+    pytest.importorskip("moto")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        s3 = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, access_key="testing", secret_key="testing",
+                                     region="us-east-1", allow_bucket_creation=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3.create_dir("hps")
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        yield endpoint, s3
+    finally:
+        process.terminate()
+        process.wait(10)

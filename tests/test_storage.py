@@ -90,6 +90,19 @@ def test_a_trials_results_are_read_line_by_line_nested_epochs_kept(tmp_path):
     assert read_results(str(tmp_path / "missing")) == [] and read_results(None) == []
 
 
+def test_results_in_s3_storage_are_read_from_the_trials_own_filesystem(s3_bucket):
+    """Tune's ``Trial.path`` on s3:// storage is ``bucket/...`` on the trial's S3 filesystem: read there, not as a
+    local path (the repair of MLflow after a crash found no results in S3 before)."""
+    _, s3 = s3_bucket
+    results = [{"epoch": 1, "val_loss": 0.9}, {"epoch": 2, "val_loss": 0.7}]
+    s3.create_dir("hps/searches/s/trial_a")
+    with s3.open_output_stream("hps/searches/s/trial_a/result.json") as out:
+        out.write("".join(json.dumps(r) + "\n" for r in results).encode())
+    assert read_results("hps/searches/s/trial_a", s3) == results
+    assert read_results("hps/searches/s/trial_a") == []  # the same path taken as local finds nothing
+    assert read_results("hps/searches/s/missing", s3) == []
+
+
 def test_ended_trials_are_those_the_newest_saved_state_records_as_ended(tmp_path):
     def save_state(name: str, statuses: dict[str, str], mtime: float) -> None:
         trial_data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -158,32 +156,6 @@ def test_pending_writes_saved_whole_and_replayed_with_what_was_given_up(mlflow_s
     runs = {r.info.run_name: r for r in client.search_runs([experiment])}
     assert runs["a"].data.tags["hps.model"] == "model" and "hps.model" not in runs["b"].data.tags
     assert runs["b"].data.metrics["val_loss"] == 0.5  # the writes after the lost upload were made
-
-
-@pytest.fixture(scope="module")
-def s3_bucket():
-    """A local S3-compatible server (moto) with bucket ``hps``; skipped where moto is not installed."""
-    pytest.importorskip("moto")
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        s3 = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, access_key="testing", secret_key="testing",
-                                     region="us-east-1", allow_bucket_creation=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                s3.create_dir("hps")
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.5)
-        yield endpoint, s3
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_with_s3_storage_pending_writes_and_uploads_live_in_the_bucket(mlflow_server, s3_bucket, monkeypatch,
