@@ -3,9 +3,10 @@ computation in a long-lived pack server.
 
 Each trial runs :func:`search.packed_trial.packed_trial`, a thin function with a small logical CPU request: it
 hands its configuration (and its checkpoint, when Tune restarts it) to one of the search's pack servers
-(:class:`search.pack_server.PackServer` actors), then collects the epochs trained for it and reports each one's metrics (and checkpoints) with
-``tune.report`` as an unpacked trial does. So Tune's scheduler (ASHA decides for each member at its rungs), the
-Optuna searcher, retries, checkpoints, ``hps resume`` and the MLflow callback all see ordinary trials.
+(:class:`search.pack_server.PackServer` actors), then collects the epochs trained for it and reports each one's
+metrics (and checkpoints) with ``tune.report`` as an unpacked trial does. So Tune's scheduler (ASHA decides for
+each member at its rungs), the Optuna searcher, retries, checkpoints, ``hps resume`` and the MLflow callback all see
+ordinary trials.
 
 A server holds the CPU threads (and GPU share) of one slot and trains the members it holds, one epoch per step:
 members whose configurations share a :func:`trainables.packed.pack_key` form a pack trained as one batched

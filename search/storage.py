@@ -195,10 +195,8 @@ def read_results(trial_dir: str | None, filesystem=None) -> list[dict]:
     try:
         if filesystem is not None:
             path = trial_dir
-        elif is_remote(trial_dir):
-            filesystem, path = pyarrow.fs.FileSystem.from_uri(trial_dir)
         else:
-            filesystem, path = pyarrow.fs.LocalFileSystem(), trial_dir
+            filesystem, path = _filesystem(trial_dir) or (pyarrow.fs.LocalFileSystem(), trial_dir)
         with filesystem.open_input_stream(f"{path}/result.json") as stream:
             text = stream.readall().decode()
     except (OSError, FileNotFoundError):

@@ -225,10 +225,12 @@ class TrialRunLogger(tune.Callback):
             logged = set()
             if run is not None and check_histories:
                 logged = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
-            # The trial's own storage filesystem: on s3:// storage its path carries no scheme.
-            filesystem = getattr(getattr(trial, "storage", None), "storage_filesystem", None)
-            results = [e for r in read_results(trial.path, filesystem) for e in expand_epochs(r) if "epoch" in e]
-            missing = [r for r in results if r["epoch"] not in logged] if check_histories or run is None else []
+            missing = []
+            if check_histories or run is None:  # only then are epochs replayed: read the results (S3: a download)
+                # The trial's own storage filesystem: on s3:// storage its path carries no scheme.
+                filesystem = getattr(getattr(trial, "storage", None), "storage_filesystem", None)
+                results = [e for r in read_results(trial.path, filesystem) for e in expand_epochs(r)]
+                missing = [r for r in results if "epoch" in r and r["epoch"] not in logged]
             consistent = run is not None and run.info.status != "RUNNING" and run.data.tags.get("hps.last_epoch") == str(last)
             if consistent and not missing:
                 continue
