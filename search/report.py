@@ -11,7 +11,6 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from search import plots
 from search.config import HpsConfig
 from search.leaderboard import leaderboard, parse_number, trial_runs
 from search.pareto import FRONT_COLUMN, front_table, objective_columns
@@ -43,10 +42,22 @@ def review_study(cfg: HpsConfig, runs: list[Run]) -> optuna.Study:
     return study
 
 
-def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]:
-    """Create the review artifacts and log them on the parent run under ``report/``; returns their names."""
+def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig, draw: bool = True) -> list[str]:
+    """Log the review on the parent run: ``leaderboard.csv`` (and a two-objective search's ``pareto_front.csv``)
+    and, with ``draw``, the PNG plots under ``report/``; returns the names written."""
     runs = trial_runs(client, parent)
     board = leaderboard(client, parent)
+    written = _draw_plots(client, parent, cfg, runs, board) if draw else []
+    if not board.empty:
+        log_table(client, parent.info.run_id, board, "leaderboard.csv")
+    written_front = write_front(client, parent.info.run_id, board, cfg, draw)
+    return sorted([p.name for p in written] + written_front)
+
+
+def _draw_plots(client: MlflowClient, parent: Run, cfg: HpsConfig, runs: list[Run], board: pd.DataFrame) -> list[Path]:
+    """Optuna's plots of the rebuilt study and the top trials' validation curves, logged under ``report/``."""
+    from search import plots  # matplotlib: ~1.5 s of imports, paid only by a process that draws
+
     metric = cfg.search.metric
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -56,19 +67,20 @@ def write_report(client: MlflowClient, parent: Run, cfg: HpsConfig) -> list[str]
             written.append(plots.validation_curves(histories, stopped, metric, directory / "validation_curves.png"))
         if written:
             client.log_artifacts(parent.info.run_id, str(directory), artifact_path="report")
-    if not board.empty:
-        log_table(client, parent.info.run_id, board, "leaderboard.csv")
-    written_front = write_front(client, parent.info.run_id, board, cfg)
-    return sorted([p.name for p in written] + written_front)
+    return written
 
 
-def write_front(client: MlflowClient, run_id: str, board: pd.DataFrame, cfg: HpsConfig) -> list[str]:
-    """A two-objective search's Pareto front on its parent run: ``pareto_front.csv`` (the members) and
-    ``report/pareto_front.png`` (every trial, the front marked); returns the names written."""
+def write_front(client: MlflowClient, run_id: str, board: pd.DataFrame, cfg: HpsConfig, draw: bool = True) -> list[str]:
+    """A two-objective search's Pareto front on its parent run: ``pareto_front.csv`` (the members) and, with
+    ``draw``, ``report/pareto_front.png`` (every trial, the front marked); returns the names written."""
     objectives = cfg.search.objective_pairs
     if len(objectives) < 2 or board.empty or FRONT_COLUMN not in board:
         return []
     log_table(client, run_id, front_table(board, objectives), "pareto_front.csv")
+    if not draw:
+        return ["pareto_front.csv"]
+    from search import plots
+
     with tempfile.TemporaryDirectory() as tmp:
         columns = objective_columns(objectives)
         usable = board[board["outcome"] != "failed"]

@@ -304,7 +304,7 @@ def _write_report_and_release_ray(search: _Search, release_ray: bool) -> None:
 def _write_report(client, parent: str, cfg: HpsConfig) -> None:
     # The review plots are a convenience: failing to draw one must not turn a finished search into a failed one.
     try:
-        write_report(client, client.get_run(parent), cfg)
+        write_report(client, client.get_run(parent), cfg, draw=cfg.tracking.review_plots)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not write the search report (hps report %s retries): %s", cfg.name, exc)
 

@@ -1,7 +1,7 @@
 """Ordered, non-blocking MLflow writes from the driver that survive tracking-server outages.
 
 The Tune callback only *submits* operations; a background thread executes them in order. When the server is
-unreachable the thread keeps the failed operation at the head of the queue and retries it with backoff, so
+unreachable the thread keeps the failed operation at the head of the queue and retries it every second, so
 training never waits for MLflow and nothing is dropped or reordered; when the server is back the backlog is
 written. Operations name runs by a key (a trial id, or ``"parent"``) rather than a run id, because a run created
 during an outage gets its id only when the server answers. What cannot be written before the search ends is
@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 # MLflow error codes that retrying cannot fix (bad value, run gone, ...): such an operation is given up at once.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
                     "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED"}
-BACKOFF_S = (0.5, 1, 2, 5, 10)
+BACKOFF_S = (0.5, 1, 2, 5, 10)  # between the tries of a write that fails while the server answers
+# While the server does not answer, the head write is tried again every second: a refused connection costs
+# nothing, and the backlog starts draining within a second of the server's return (a backoff growing to 10 s left
+# it idle for up to 10 s after each outage).
+OUTAGE_POLL_S = 1.0
 # Failures of one write, while the server answers, before it is given up (bounded whatever the exception type: an
 # operation that can never succeed must not block every later write at the head of the queue).
 MAX_ATTEMPTS = 5  # ~9 s of backoff in all: outlasts a locked database or a restarting worker
@@ -192,7 +196,6 @@ class TrackingWriter:
 
     # -- the worker ---------------------------------------------------------------------------------------------
     def _work(self) -> None:
-        outage_attempt = 0  # failed tries of the head write while the server does not answer (waited out)
         failures = 0  # failed tries of the head write while the server answers (bounded by MAX_ATTEMPTS)
         while True:
             with self._cv:
@@ -217,8 +220,7 @@ class TrackingWriter:
                         self.outage_since = time.time()
                         log.warning("tracking server unavailable (%s); buffering writes until it is back",
                                     type(exc).__name__)
-                    self._pause(BACKOFF_S[min(outage_attempt, len(BACKOFF_S) - 1)])
-                    outage_attempt += 1
+                    self._pause(OUTAGE_POLL_S)
                     continue
                 else:  # the server answers, this write fails: its own problem, retried a bounded number of times
                     failures += 1
@@ -232,7 +234,7 @@ class TrackingWriter:
                 self.outages.append((self.outage_since, time.time()))
                 log.warning("tracking server is back; wrote the buffered operations")
                 self.outage_since = None
-            outage_attempt = failures = 0
+            failures = 0
             with self._cv:
                 self._queue.popleft()
                 self._busy = False

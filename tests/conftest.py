@@ -162,7 +162,8 @@ def shrink(raw: dict, name: str, tracking_uri: str, num_samples: int = 6, max_ep
     raw["name"] = name
     raw["search"].update(num_samples=num_samples, max_concurrent=2)
     raw["scheduler"].update(max_epochs=max_epochs, grace_period=1)
-    raw["tracking"] = {"uri": tracking_uri, "log_models": "all"}
+    # No review plots (~2 s of CPU a search, in every search of the suite): tests of the report ask for them.
+    raw["tracking"] = {"uri": tracking_uri, "log_models": "all", "review_plots": False}
     # A handful of trials: `hps evaluate` tests the single best (the configs' top 5 would be most of the search);
     # tests of averaging ask for it.
     raw.pop("evaluate", None)

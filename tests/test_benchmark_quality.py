@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -14,14 +15,14 @@ from tests.conftest import ROOT
 ANCHORS = ("mlp", "hist_gb", "linear")
 
 
-@pytest.mark.slow
-def test_quality_part_reports_hps_and_every_anchor(tmp_path):
+def test_quality_part_reports_hps_and_every_anchor(ray_session, tmp_path):
     out = tmp_path / "quality.json"
-    # One small config, one split seed, 2 trials x 2 epochs: the real `hps run` and `hps evaluate` (Ray start-up
-    # is most of the time), then the anchors on the same split.
+    # One small config, one split seed, 2 trials x 2 epochs: the real `hps run` (joining the session's Ray through
+    # RAY_ADDRESS, as `ray.init()` reads it) and `hps evaluate`, then the anchors on the same split.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--parts", "quality", "--configs", "wine",
                            "--seeds", "3", "--trials", "2", "--epochs", "2", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())
     wine = results["quality"]["datasets"]["wine"]

@@ -993,7 +993,8 @@ def test_hps_runs_evaluates_and_predicts_as_the_non_admin_user(basic_auth_server
     run = hps("run", config, "--name", "bc-non-admin", "--num-samples", "2", "--max-epochs", "2",
               "--storage", str(tmp_path / "runs"), "--set", "scheduler.grace_period=1",
               "--address", ray_session.get_runtime_context().gcs_address,
-              "--set", "space.units.high=16", "--set", "search.max_concurrent=2")
+              "--set", "space.units.high=16", "--set", "search.max_concurrent=2",
+              "--set", "tracking.review_plots=false")  # drawn by tests/test_cli.py's search; ~2 s here
     assert run.returncode == 0, run.stderr[-3000:]
     evaluated = hps("evaluate", "bc-non-admin")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -51,6 +51,7 @@ def csv_search(ray_session, mlflow_server, tmp_path_factory):
     raw["data"].update(source=f"csv:{root / 'cars.csv'}", target="mpg", drop=["name"])
     raw["data"]["split"] = {"val": 0.2, "test": 0.15, "seed": 0}  # one validation split (the config cross-validates)
     raw["evaluate"] = {"top_k": 1, "refit": False}  # the default: the first evaluation is the single best trial as trained
+    raw["tracking"]["review_plots"] = True  # the default; tests/conftest.py's shrink turns them off
     cfg = parse_config(raw)
     outcome = run_search(cfg, storage=str(root / "runs"))
     evaluation = evaluate_search(mlflow_server, "eval-cars")

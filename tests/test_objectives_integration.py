@@ -79,6 +79,7 @@ def two_objectives(ray_session, mlflow_server, tmp_path_factory):
     raw = shrink(load_yaml("wine.yaml"), "it-pareto", mlflow_server, num_samples=6, max_epochs=3)
     raw["search"].pop("metric")
     raw["search"]["objectives"] = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "n_params", "mode": "min"}]
+    raw["tracking"]["review_plots"] = True  # the front's plot
     outcome = run_search(parse_config(raw), storage=str(tmp_path_factory.mktemp("pareto")))
     return outcome
 

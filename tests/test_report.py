@@ -47,3 +47,12 @@ def test_a_search_without_trials_gets_no_curves_and_no_leaderboard(tmp_path):
     written = write_report(client, client.get_run(recorded.parent), parse_config(load_yaml("digits.yaml")))
     assert "validation_curves.png" not in written  # Optuna still draws its (empty) axes
     assert [a.path for a in client.list_artifacts(recorded.parent)] == (["report"] if written else [])
+
+
+def test_without_drawing_only_the_tables_are_written(tmp_path):
+    """``tracking.review_plots: false``: the leaderboard (and nothing under report/) when the search ends."""
+    cfg = parse_config(load_yaml("digits.yaml"))
+    recorded = record_search(sqlite_uri(tmp_path), "undrawn", trials(3))
+    client = recorded.client
+    assert write_report(client, client.get_run(recorded.parent), cfg, draw=False) == []
+    assert [a.path for a in client.list_artifacts(recorded.parent)] == ["leaderboard.csv"]

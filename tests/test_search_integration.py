@@ -43,6 +43,7 @@ def test_parent_run_records_the_search(search):
     assert parent.data.tags["hps.split_fingerprint"] == split.fingerprint
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "leaderboard.csv"} <= artifacts
+    assert "report" not in artifacts  # tracking.review_plots: false (tests/conftest.py's shrink)
     assert parent.data.tags["hps.n_trials"] == str(NUM_SAMPLES)
 
 
