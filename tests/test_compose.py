@@ -13,6 +13,8 @@ was given, and the MLflow user setup against a real `mlflow server --app-name ba
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.util
 import os
 import re
 import secrets
@@ -917,6 +919,33 @@ def run_init(uri: str, admin: str, admin_password: str, username: str, password:
     return subprocess.run([sys.executable, str(MLFLOW_INIT)], env=env, capture_output=True, text=True, timeout=120)
 
 
+@functools.cache
+def _init_script():
+    """docker/mlflow-init.py as a module (its imports, ~3 s of MLflow's server package, paid once)."""
+    spec = importlib.util.spec_from_file_location("hps_mlflow_init", MLFLOW_INIT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def init_here(monkeypatch, capsys, uri: str, admin: str, admin_password: str, username: str,
+              password: str) -> tuple[int, str, str]:
+    """The script's ``main()`` in this process with the environment :func:`run_init` gives it: (exit status,
+    stdout, stderr). The tests of its outcomes use this; :func:`run_init` runs it as the container does."""
+    for name, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": admin,
+                        "MLFLOW_TRACKING_PASSWORD": admin_password, "MLFLOW_HPS_USERNAME": username,
+                        "MLFLOW_HPS_PASSWORD": password, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    try:
+        code = _init_script().main()
+    except SystemExit as exc:  # the script's one-line refusals
+        print(exc.code, file=sys.stderr)
+        code = 1
+    said = capsys.readouterr()
+    return code, said.out, said.err
+
+
 @pytest.mark.slow
 def test_mlflow_init_creates_a_non_admin_user_that_can_do_what_hps_does(basic_auth_server, tmp_path, monkeypatch):
     uri, admin, admin_password = basic_auth_server
@@ -1006,19 +1035,17 @@ def test_hps_runs_evaluates_and_predicts_as_the_non_admin_user(basic_auth_server
 
 
 @pytest.mark.slow
-def test_mlflow_init_is_idempotent_resets_the_password_and_demotes_an_admin(basic_auth_server, monkeypatch):
+def test_mlflow_init_is_idempotent_resets_the_password_and_demotes_an_admin(basic_auth_server, monkeypatch, capsys):
     uri, admin, admin_password = basic_auth_server
     first, second = _good_secret(), _good_secret()
-    assert run_init(uri, admin, admin_password, "hps-reset", first).returncode == 0
+    assert init_here(monkeypatch, capsys, uri, admin, admin_password, "hps-reset", first)[0] == 0
     # someone made the user an admin; .env now holds a new password
     from mlflow.server.auth.client import AuthServiceClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
-    AuthServiceClient(uri).update_user_admin("hps-reset", True)
-    result = run_init(uri, admin, admin_password, "hps-reset", second)
-    assert result.returncode == 0, result.stderr
-    assert "updated (password reset, admin rights removed)" in result.stdout
+    AuthServiceClient(uri).update_user_admin("hps-reset", True)  # as the admin (the environment init_here set)
+    code, out, err = init_here(monkeypatch, capsys, uri, admin, admin_password, "hps-reset", second)
+    assert code == 0, err
+    assert "updated (password reset, admin rights removed)" in out
     current = f"{uri}/api/2.0/mlflow/users/current"
     assert requests.get(current, auth=("hps-reset", first), timeout=30).status_code == 401
     me = requests.get(current, auth=("hps-reset", second), timeout=30).json()
@@ -1026,14 +1053,15 @@ def test_mlflow_init_is_idempotent_resets_the_password_and_demotes_an_admin(basi
 
 
 @pytest.mark.slow
-def test_mlflow_init_fails_clearly_on_a_wrong_admin_password_or_the_admin_as_hps(basic_auth_server):
+def test_mlflow_init_fails_clearly_on_a_wrong_admin_password_or_the_admin_as_hps(basic_auth_server, monkeypatch,
+                                                                                   capsys):
     uri, admin, admin_password = basic_auth_server
-    result = run_init(uri, admin, _good_secret(), "hps-other", _good_secret())
-    assert result.returncode == 1
-    assert result.stderr.startswith("hps-mlflow-init: the server refused the admin credentials")
-    result = run_init(uri, admin, admin_password, admin, _good_secret())
-    assert result.returncode == 1
-    assert "MLFLOW_HPS_USERNAME must not be the admin user 'admin'" in result.stderr
+    code, _, err = init_here(monkeypatch, capsys, uri, admin, _good_secret(), "hps-other", _good_secret())
+    assert code == 1
+    assert err.startswith("hps-mlflow-init: the server refused the admin credentials")
+    code, _, err = init_here(monkeypatch, capsys, uri, admin, admin_password, admin, _good_secret())
+    assert code == 1
+    assert "MLFLOW_HPS_USERNAME must not be the admin user 'admin'" in err
 
 
 # --------------------------------------------------------------------------------------------
