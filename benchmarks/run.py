@@ -98,9 +98,11 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         _save(results, out)
     if "asha" in parts:
 
+        # No models kept (the config's top-5 evaluation would then be refused: top 1), no review plots: this figure
+        # counts epochs and accuracy.
         overrides = [*common, "search.metric=val_accuracy", f"search.num_samples={budget.asha_trials}",
-                     f"scheduler.max_epochs={budget.asha_epochs}", "tracking.log_models=none",
-                     "evaluate.top_k=1"]  # no models kept: the config's top-5 evaluation would be refused
+                     f"scheduler.max_epochs={budget.asha_epochs}", "tracking.log_models=none", "evaluate.top_k=1",
+                     "tracking.review_plots=false"]
         if budget.asha_epochs < 12:  # the quick budget: keep a rung inside the few epochs there are
             overrides.append("scheduler.grace_period=1")
         results["asha"] = asha.measure(config, overrides, budget.reps, workdir)
@@ -173,39 +175,40 @@ def table(results: dict) -> str:
 
     if not any(part in results for part in (*PARTS, *PACK_SEARCH_FIGURES)):  # quality only: its own table says it all
         return quality.table(results) if "quality" in results else ""
-    if "throughput" in results:
-        t = results["throughput"]
-        rows.append(f"| trainable throughput, digits, batch 64, CPU 1 thread (samples/s) | {t['ours_samples_per_s']:,.0f} "
-                    f"| {t['course_samples_per_s']:,.0f} (course-notes DataLoader loop) | {t['ratio']:.2f}x | {target('throughput')} |")
-    if "throughput_gpu" in results:
-        t = results["throughput_gpu"]
-        rows.append(f"| trainable throughput, GPU (samples/s) | {t['ours_samples_per_s']:,.0f} "
-                    f"| {t['course_samples_per_s']:,.0f} (course-notes DataLoader loop) | {t['ratio']:.2f}x | - |")
+    def row(figure: str, ours: str, baseline: str, ratio: str, goal: str = "-") -> None:
+        rows.append(f"| {figure} | {ours} | {baseline} | {ratio} | {goal} |")
+
+    for key, device in (("throughput", "digits, batch 64, CPU 1 thread"), ("throughput_gpu", "GPU")):
+        if key in results:
+            t = results[key]
+            row(f"trainable throughput, {device} (samples/s)", f"{t['ours_samples_per_s']:,.0f}",
+                f"{t['course_samples_per_s']:,.0f} (course-notes DataLoader loop)", f"{t['ratio']:.2f}x",
+                target(key) if key == "throughput" else "-")
     for key, how in (("overhead", "2 at a time"), ("overhead_packed", f"packed ({b['pack']} a worker, 2 workers)")):
         if key in results:
             o = results[key]
-            rows.append(f"| `hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, {how} (s) "
-                        f"| {o['hps_wall_s']:.1f} | {o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same configurations) "
-                        f"| {o['ratio']:.2f}x | {target(key)} |")
+            row(f"`hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, {how} (s)",
+                f"{o['hps_wall_s']:.1f}", f"{o['optuna_wall_s']:.1f} (Optuna `n_jobs=2`, same configurations)",
+                f"{o['ratio']:.2f}x", target(key))
     if "asha" in results:
         a = results["asha"]
-        rows.append(f"| epochs trained, {b['asha_trials']} trials x up to {b['asha_epochs']} | {a['asha_epochs']:.0f} (ASHA) "
-                    f"| {a['fifo_epochs']:.0f} (FIFO) | {a['epochs_ratio']:.2f}x | {target('asha_epochs')} |")
-        rows.append(f"| best val accuracy | {a['asha_best_val_accuracy']:.4f} (ASHA) | {a['fifo_best_val_accuracy']:.4f} (FIFO) "
-                    f"| {a['accuracy_gap_pp']:+.2f} pp gap | {target('asha_accuracy')} |")
+        row(f"epochs trained, {b['asha_trials']} trials x up to {b['asha_epochs']}", f"{a['asha_epochs']:.0f} (ASHA)",
+            f"{a['fifo_epochs']:.0f} (FIFO)", f"{a['epochs_ratio']:.2f}x", target("asha_epochs"))
+        row("best val accuracy", f"{a['asha_best_val_accuracy']:.4f} (ASHA)", f"{a['fifo_best_val_accuracy']:.4f} (FIFO)",
+            f"{a['accuracy_gap_pp']:+.2f} pp gap", target("asha_accuracy"))
     for key, what in (("pack_space", "same trials: packable space, random search, FIFO"),
                       ("pack_default", "the config as it is, packing on vs off")):
         if key in results:
             r = results[key]
-            rows.append(f"| `hps run` wall time, {b['pack_trials']} trials, {what} (s) | {r['packed_wall_s']:.1f} "
-                        f"(pack {r['pack']} x {r['servers']} servers) | {r['unpacked_wall_s']:.1f} (unpacked, "
-                        f"{r['servers']} at a time) | {r['ratio']:.2f}x faster | {target(key)} |")
+            row(f"`hps run` wall time, {b['pack_trials']} trials, {what} (s)",
+                f"{r['packed_wall_s']:.1f} (pack {r['pack']} x {r['servers']} servers)",
+                f"{r['unpacked_wall_s']:.1f} (unpacked, {r['servers']} at a time)", f"{r['ratio']:.2f}x faster", target(key))
     if "packed" in results:
         p = results["packed"]
-        for row in p["rows"]:
-            rows.append(f"| {row['members']} packed trials, epochs/s (CPU {p['threads']} thread) | "
-                        f"{row['packed_epochs_per_s']:.1f} | {row['sequential_epochs_per_s']:.1f} (one after another) "
-                        f"| {row['ratio']:.2f}x | - |")
+        for member_row in p["rows"]:
+            row(f"{member_row['members']} packed trials, epochs/s (CPU {p['threads']} thread)",
+                f"{member_row['packed_epochs_per_s']:.1f}", f"{member_row['sequential_epochs_per_s']:.1f} (one after another)",
+                f"{member_row['ratio']:.2f}x")
     head = (f"Machine: {m['cpu']} ({m['cpus']} CPUs), GPU: {m['gpu']}; torch {m['torch']}, ray {m['ray']}, "
             f"optuna {m['optuna']}. Load average (1/5/15 min) before {m['load_before']}, after {m.get('load_after')}. "
             f"Median of {b['reps']} repetitions ({b['throughput_reps']} for throughput); total {results.get('total_s', 0):.0f} s.")
