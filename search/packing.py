@@ -60,13 +60,16 @@ class PackServers:
         from search.pack_server import PackServer  # PyTorch loads in the servers' workers, not in the driver
 
         self.names, self.handles = names, []
-        data_ref = ray.put(data)
+        # Held until the servers are killed: Ray does not keep a restartable actor's constructor arguments alive
+        # (ray-project/ray#53727). Released after the first start, the data was gone when Ray started a killed server
+        # again, so the restart failed and every trial it held failed with it.
+        self.data_ref = ray.put(data)
         for name in names:
             # A server that dies (its process killed, OOM) is started again by Ray with the same name; the trials it
             # held fail their next request and Tune retries them from their checkpoints, into the new server.
             options = {"name": name, "num_cpus": 0, "num_gpus": gpus, "max_concurrency": MAX_CALLS,
                        "scheduling_strategy": "SPREAD", "max_restarts": SERVER_RESTARTS}
-            self.handles.append(ray.remote(PackServer).options(**options).remote(data_ref, settings, pack_size))
+            self.handles.append(ray.remote(PackServer).options(**options).remote(self.data_ref, settings, pack_size))
 
     def __enter__(self) -> tuple[str, ...]:
         return self.names
@@ -74,6 +77,7 @@ class PackServers:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             ray.kill(handle)
+        self.data_ref = None
 
 
 def packed_trainable(settings: TrainSettings, servers: tuple[str, ...], cpus_per_trial: float, pack: int):

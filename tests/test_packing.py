@@ -132,20 +132,21 @@ def pack_server_pids(holding_trials: bool = False) -> list[int]:
 
 def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_session, mlflow_control, tmp_path):
     """A pack server's process is killed (SIGKILL) mid-search: Ray starts it again and Tune retries its trials from
-    their checkpoints into it. Then the tracking server goes down while the packs train (writes are buffered). Then
+    their checkpoints into it (the search's only server: the checkpoint awaited during the outage below is written
+    only if the restarted server trains; a restart without its data once failed every trial it held). Then the tracking server goes down while the packs train (writes are buffered). Then
     the driver is killed: `hps resume` finishes the search with every trial once and every epoch once in MLflow, its
     trials packed again."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=4, max_epochs=20,
-                         max_failures=3, max_concurrent=4)
+    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=2, max_epochs=20,
+                         max_failures=3, max_concurrent=2)
     raw = yaml.safe_load(config.read_text())
     # A checkpoint every 3 epochs: one lands soon after the outage begins, and the retries lose few epochs.
     raw["training"]["checkpoint_every"] = 3
     # One width bucket (128: packable on a CPU); batches of 4 rows make an epoch last long enough (~0.3 s) for the
     # faults to land while the trials still train.
     raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0, batch_size=4)
-    raw["resources"] = {"cpus_per_trial": 1, "pack": 2}  # two servers of two
+    raw["resources"] = {"cpus_per_trial": 1, "pack": 2}  # one server of two: fewer actors to start, twice
     config.write_text(yaml.safe_dump(raw))
     client = MlflowClient(mlflow_control.uri)
 
@@ -172,7 +173,7 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     last = start_hps("resume", "packed-faults", "--address", address, "--storage", storage, cwd=tmp_path)
     assert last.wait() == 0, output_of(tmp_path)
     runs = children(client, "packed-faults")
-    assert len(runs) == 4 and len({r.data.tags["hps.trial_id"] for r in runs}) == 4
+    assert len(runs) == 2 and len({r.data.tags["hps.trial_id"] for r in runs}) == 2
     assert {r.data.tags["hps.outcome"] for r in runs} == {"completed"}
     assert_clean_histories(client, runs)
     assert find_search_run(client, "packed-faults").info.status == "FINISHED"
