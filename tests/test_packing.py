@@ -24,7 +24,7 @@ from tests.test_resilience import assert_clean_histories, children, output_of, s
 from trainables.train import TrainSettings, train_trial
 
 pytestmark = pytest.mark.slow
-NUM_SAMPLES, MAX_EPOCHS, PACK = 8, 6, 4
+NUM_SAMPLES, MAX_EPOCHS, PACK = 8, 6, 2
 # Trials that pack: one depth, activation, norm, optimizer and batch size; widths within one bucket (33-64 → 64);
 # no dropout, so a packed member must equal its configuration trained alone.
 PACKING_SPACE = {
@@ -40,7 +40,8 @@ PACKING_SPACE = {
 def packed_config(name: str, uri: str) -> dict:
     raw = shrink(load_yaml("digits.yaml"), name, uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
     raw["space"] = PACKING_SPACE
-    raw["search"]["max_concurrent"] = 2 * PACK  # two pack servers of four
+    # Two pack servers of two: 4 trial actors and 2 servers to start (each ~3 CPU-seconds), trials in two waves.
+    raw["search"]["max_concurrent"] = 2 * PACK
     raw["scheduler"].update(grace_period=2, reduction_factor=2)
     raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0, "pack": PACK}
     raw["training"] = {"checkpoint_every": 2, "report_interval_s": 0}
