@@ -1,10 +1,12 @@
-"""One terminal line per finished trial (done/running/stopped counts and the best so far), not a wall of logs."""
+"""One terminal line per finished trial (done/running/stopped counts and the best so far) and per retried attempt,
+not a wall of logs."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
+from pathlib import Path
 
 from ray import tune
 
@@ -12,12 +14,13 @@ from search.config import HpsConfig
 
 
 class ProgressPrinter(tune.Callback):
-    """Tune callback that prints a short line whenever a trial ends."""
+    """Tune callback that prints a short line whenever a trial ends or an attempt of it fails."""
 
     def __init__(self, cfg: HpsConfig, stream=None) -> None:
         self.metric = cfg.search.metric
         self.sign = 1.0 if cfg.search.mode == "min" else -1.0
         self.total = cfg.search.num_samples
+        self.attempts = cfg.search.max_failures + 1
         self.stream = stream
         self.best = math.inf
         self.counts = {"completed": 0, "stopped": 0, "failed": 0}
@@ -53,3 +56,32 @@ class ProgressPrinter(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.counts["failed"] += 1
         self._print(trials, trial, "failed")
+        self._say(f"trial {trial.trial_id} failed for good after {trial.num_failures} attempt(s): {last_error(trial)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """An attempt failed and Tune retries the trial (from its last checkpoint): one line, where Tune would log
+        the whole traceback (turned off in :func:`search.ray_setup.init_ray`)."""
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        self._say(f"trial {trial.trial_id} failed at epoch {epoch}, retrying from its last checkpoint (attempt "
+                  f"{trial.num_failures + 1} of {self.attempts}): {last_error(trial)}")
+
+    def _say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.start:5.0f}s] {text}", file=self.stream or sys.stdout, flush=True)
+
+
+def last_error(trial) -> str:
+    """The last line of a trial's latest error (the exception's type and message), shortened for a terminal line;
+    the whole text stays in the trial's folder (and, once it has failed for good, on its run as ``error.txt``)."""
+    text = _local_error_text(trial) or str(trial.get_error() or "").strip()
+    line = text.splitlines()[-1] if text else "no error text"
+    return line if len(line) <= 200 else line[:199] + "…"
+
+
+def _local_error_text(trial) -> str:
+    """Tune's error file in the trial's local folder (written at once; its copy in the storage folder, which
+    ``get_error`` reads, follows with the next sync)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        return Path(path).read_text().strip() if path else ""
+    except OSError:
+        return ""

@@ -38,6 +38,9 @@ def init_ray(address: str | None) -> bool:
     # Tune's default loggers add a CSV and a TensorBoard file per trial (and warn on every NaN); only the JSON one
     # is kept (see build_tuner): MLflow is this service's record.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune logs the whole traceback of every failed attempt of a trial; search.progress says it in one line, and the
+    # text stays in the trial's folder and, once the trial has failed for good, on its MLflow run (error.txt).
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     if ray.is_initialized():
