@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 
 from ray import tune
 
 from search.config import HpsConfig
+from search.storage import trial_error_text
 
 
 class ProgressPrinter(tune.Callback):
@@ -72,16 +72,6 @@ class ProgressPrinter(tune.Callback):
 def last_error(trial) -> str:
     """The last line of a trial's latest error (the exception's type and message), shortened for a terminal line;
     the whole text stays in the trial's folder (and, once it has failed for good, on its run as ``error.txt``)."""
-    text = _local_error_text(trial) or str(trial.get_error() or "").strip()
+    text = trial_error_text(trial)
     line = text.splitlines()[-1] if text else "no error text"
     return line if len(line) <= 200 else line[:199] + "…"
-
-
-def _local_error_text(trial) -> str:
-    """Tune's error file in the trial's local folder (written at once; its copy in the storage folder, which
-    ``get_error`` reads, follows with the next sync)."""
-    path = getattr(trial, "error_file", None)
-    try:
-        return Path(path).read_text().strip() if path else ""
-    except OSError:
-        return ""

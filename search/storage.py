@@ -180,6 +180,21 @@ def _claim_remote_storage(uri: str, name: str, overwrite: bool) -> None:
     filesystem.delete_dir(path)
 
 
+def trial_error_text(trial) -> str:
+    """The text of a Tune trial's errors so far (each failed attempt's exception), or "" when there is none.
+
+    Tune writes its error file in the trial's local folder at once and copies it to the storage folder (what
+    ``Trial.get_error`` reads) with the next sync, so the local file comes first: during a retry the storage copy
+    may not exist yet. After a resume on another machine only the storage copy is there."""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).exists():
+            return Path(path).read_text().strip()
+    except OSError:
+        pass
+    return str(trial.get_error() or "").strip()
+
+
 def read_results(trial_dir: str | None, filesystem=None) -> list[dict]:
     """Every result a trial reported, from the ``result.json`` Tune's JSON logger keeps in its folder.
 

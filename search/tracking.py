@@ -19,7 +19,7 @@ from ray import tune
 
 from trainables.checkpoint_files import MODEL_DIR
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, epoch_number, expand_epochs
-from search.storage import ended_in_saved_state, prune_checkpoints, read_results
+from search.storage import ended_in_saved_state, prune_checkpoints, read_results, trial_error_text
 from search.pareto import OBJECTIVES_TAG, objectives_tag
 from search.writer import TrackingWriter, log_folder, log_params
 
@@ -320,7 +320,7 @@ class TrialRunLogger(tune.Callback):
 
     def _fail(self, trial) -> None:
         """End the run of a trial that raised (after its retries), with the error as ``error.txt``."""
-        error = str(trial.get_error() or "unknown error").strip()
+        error = trial_error_text(trial) or "unknown error"
         reason = error.splitlines()[-1][:500]
         epoch = (trial.last_result or {}).get("epoch", 0)
         self.writer.submit("log_text", trial.trial_id, text=error, path="error.txt")

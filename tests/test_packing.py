@@ -158,6 +158,11 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: any(int(r.data.tags.get("hps.retries", 0)) >= 1 for r in children(client, "packed-faults")),
                what="a trial retried after its server was killed", alive=first)
+    # Said in one line per attempt, with the error's last line; not Tune's traceback.
+    retried = wait_until(lambda: [line for line in first.output.splitlines()
+                                  if "retrying from its last checkpoint" in line], what="the retry's line", alive=first)
+    assert "(attempt 2 of 4): " in retried[0] and "no error text" not in retried[0], retried
+    assert "Trial task failed" not in first.output
     try:
         mlflow_control.stop()  # the outage: the packs keep training while the server is down
         before = set(Path(storage).glob("packed-faults/*/checkpoint_*"))

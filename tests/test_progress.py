@@ -58,6 +58,12 @@ def test_the_reason_comes_from_the_local_error_file_before_the_storage_copy(tmp_
     out.truncate()
     progress.on_trial_recover(0, [trial], FakeTrial("t3"))  # nothing written anywhere
     assert out.getvalue().rstrip().endswith("): no error text")
+    out.seek(0)
+    out.truncate()
+    # Resumed on another machine: the local file is gone, the storage copy is read.
+    moved = FakeTrial("t4", error="ValueError: from storage", error_file=str(tmp_path / "gone.txt"))
+    progress.on_trial_recover(0, [moved], moved)
+    assert out.getvalue().rstrip().endswith("): ValueError: from storage")
 
 
 def test_a_trial_that_fails_for_good_says_why_after_its_progress_line():
@@ -77,7 +83,8 @@ def test_finished_trials_are_counted_and_the_best_kept():
     progress.on_trial_complete(0, [good, stopped], good)
     progress.on_trial_complete(0, [good, stopped], stopped)
     lines = out.getvalue().splitlines()
-    assert "[1/3 done, 1 running," in lines[0] and "trial good completed at epoch 4: val_loss=0.2 | best 0.2" in lines[0]
+    assert "[1/3 done, 1 running," in lines[0]
+    assert "trial good completed at epoch 4: val_loss=0.2 | best 0.2" in lines[0]
     assert "trial stop stopped early at epoch 1: val_loss=0.9 | best 0.2" in lines[1]
 
 
