@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -84,6 +85,19 @@ def check_registered_name(name: str) -> str:
     if not re.match(REGISTERED_NAME_PATTERN, name):
         raise ValueError(f"{name!r} cannot be a Model Registry name (no '/', ':' or '@', no blank at either end)")
     return name
+
+def ruled_by(rule: Callable[[Any], str | None]) -> AfterValidator:
+    """A pydantic validator applying one of ``trainables.names``' rules (a message when the value is wrong, else
+    None): the rule lives there, the config only points at it."""
+
+    def check(value: Any) -> Any:
+        error = rule(value)
+        if error:
+            raise ValueError(error)
+        return value
+
+    return AfterValidator(check)
+
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 
@@ -199,21 +213,13 @@ class DataConfig(_Strict):
     files are checked when the data is loaded, so a config can be validated where its data is not.
     """
 
-    source: str
+    source: Annotated[str, ruled_by(source_error)]
     task: Literal[("auto", *TASKS)] = "auto"
     target: str | None = Field(default=None, validate_default=True)  # the column to predict (csv, parquet)
     features: list[str] | None = Field(default=None, min_length=1)  # default: every column but target and drop
     drop: list[str] | None = None  # columns that are not features (ids, names, leaks)
     impute: ImputeConfig = ImputeConfig()
     split: SplitConfig = SplitConfig()
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, source: str) -> str:
-        error = source_error(source)
-        if error:
-            raise ValueError(error)
-        return source
 
     @field_validator("target")
     @classmethod
@@ -362,20 +368,12 @@ class ResourcesConfig(_Strict):
     # Ray counts resources in steps of 0.0001: a smaller share cannot be scheduled (and would divide the host's CPUs
     # into an infinite number of trials).
     cpus_per_trial: float = Field(default=1, ge=0.0001, allow_inf_nan=False)
-    gpus_per_trial: float = Field(default=0, ge=0)
+    gpus_per_trial: Annotated[float, Field(ge=0), ruled_by(gpu_request_error)] = 0
     # Packed trials: up to this many compatible trials (same depth, activation, norm, optimizer and batch size;
     # widths in one bucket) train together in one worker as one stacked computation (search.packing). Each stays a
     # trial in every sense (its own Optuna trial, MLflow run, checkpoint and ASHA decisions). The workers are
     # ceil(search.max_concurrent / pack), each holding cpus_per_trial CPUs (and gpus_per_trial GPU). 1: off.
     pack: int = Field(default=1, ge=1, le=64)
-
-    @field_validator("gpus_per_trial")
-    @classmethod
-    def _one_gpu_at_most(cls, gpus: float) -> float:
-        error = gpu_request_error(gpus)
-        if error:
-            raise ValueError(error)
-        return gpus
 
 
 class TrackingConfig(_Strict):
