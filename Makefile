@@ -20,12 +20,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/hps run configs/digits.yaml --overwrite
 
+# Two workers, one test file at a time each (pytest-xdist): a search's wall time is mostly its trial worker
+# starting, on one core, so the other core runs another file meanwhile. Each worker has its own Ray and MLflow server.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The edit loop: every test not marked slow (no real search, no Ray), in under two minutes.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
 
 clean:
 	rm -rf hps-runs mlruns.db .pytest_cache

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray and one real `mlflow server` process per test session."""
+"""Shared fixtures: one real local Ray and one real `mlflow server` process per test session (per worker under
+`make test`, which runs two: pytest-xdist)."""
 
 from __future__ import annotations
 
@@ -140,10 +141,15 @@ def mlflow_global_uris_reset():
 
 def pytest_collection_modifyitems(items) -> None:
     """Every test that joins the session's Ray (a real search, or Ray itself) is slow, wherever it lives:
-    `make test-fast` (``-m "not slow"``) never starts Ray."""
+    `make test-fast` (``-m "not slow"``) never starts Ray.
+
+    Modules holding slow tests run first: `make test` runs two workers (pytest-xdist, one file at a time each), and
+    the many short files left at the end keep both busy until the last long one is done."""
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's own order is kept
 
 
 def load_yaml(name: str) -> dict:
@@ -156,11 +162,16 @@ def digits_raw() -> dict:
     return copy.deepcopy(load_yaml("digits.yaml"))
 
 
-def shrink(raw: dict, name: str, tracking_uri: str, num_samples: int = 6, max_epochs: int = 4) -> dict:
-    """A tiny-budget copy of a config: few trials, few epochs, small networks, 2 trials at a time."""
+def shrink(raw: dict, name: str, tracking_uri: str, num_samples: int = 6, max_epochs: int = 4,
+           max_concurrent: int = 1) -> dict:
+    """A tiny-budget copy of a config: few trials, few epochs, small networks, one trial at a time unless asked.
+
+    One at a time: a tiny trial trains in milliseconds, so a search's wall time is its trial worker's start (~3
+    CPU-seconds: Ray, Tune, torch imports); a second worker takes the same wall time and the other core with it,
+    which the test running beside it (`make test` runs two at once) needs more."""
     raw = copy.deepcopy(raw)
     raw["name"] = name
-    raw["search"].update(num_samples=num_samples, max_concurrent=2)
+    raw["search"].update(num_samples=num_samples, max_concurrent=max_concurrent)
     raw["scheduler"].update(max_epochs=max_epochs, grace_period=1)
     # No review plots (~2 s of CPU a search, in every search of the suite): tests of the report ask for them.
     raw["tracking"] = {"uri": tracking_uri, "log_models": "all", "review_plots": False}

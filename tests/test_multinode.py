@@ -237,7 +237,8 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
 
 
 def _search_config(tmp_path: Path, name: str, tracking_uri: str) -> Path:
-    raw = shrink(load_yaml("digits.yaml"), name, tracking_uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
+    raw = shrink(load_yaml("digits.yaml"), name, tracking_uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS,
+                 max_concurrent=2)
     raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}  # one trial fills a node: 2 at a time → 2 nodes
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw))

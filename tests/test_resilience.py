@@ -35,7 +35,8 @@ def slow_config(path: Path, name: str, uri: str, num_samples: int, max_epochs: i
     """Digits trials whose epochs take a fraction of a second each (wide layers, small batches: ~0.3 s an epoch on
     2 cores), so faults land mid-trial. Every epoch is sent at once (``report_interval_s: 0``): MLflow, which the
     tests watch, trails Tune by at most the writer's merging (~1 s)."""
-    raw = shrink(load_yaml("digits.yaml"), name, uri, num_samples=num_samples, max_epochs=max_epochs)
+    # Two trials at a time: the faults land while another trial trains.
+    raw = shrink(load_yaml("digits.yaml"), name, uri, num_samples=num_samples, max_epochs=max_epochs, max_concurrent=2)
     raw["space"] = {"n_layers": 2, "units": 1024, "batch_size": 16, "optimizer": "adam",
                     "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
                     "dropout": {"type": "float", "low": 0.0, "high": 0.3}}
