@@ -1,46 +1,11 @@
-"""The search-quality benchmark runs end to end on a tiny budget: `python -m benchmarks --parts quality`."""
+"""The search-quality benchmark's own logic (paired wins, reused searches); its run end to end is in
+tests/test_benchmarks.py."""
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import subprocess
-import sys
 
 import pytest
-
-from tests.conftest import ROOT
-
-ANCHORS = ("mlp", "hist_gb", "linear")
-
-
-def test_quality_part_reports_hps_and_every_anchor(ray_session, tmp_path):
-    out = tmp_path / "quality.json"
-    # One small config, one split seed, 2 trials x 2 epochs: the real `hps run` (joining the session's Ray through
-    # RAY_ADDRESS, as `ray.init()` reads it) and `hps evaluate`, then the anchors on the same split.
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--parts", "quality", "--configs", "wine",
-                           "--seeds", "3", "--trials", "2", "--epochs", "2", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(out.read_text())
-    wine = results["quality"]["datasets"]["wine"]
-    seed = wine["seeds"]["3"]
-    assert seed["hps"]["trials"] == 2 and seed["hps"]["val_metric"] == "val_loss"
-    assert seed["hps"]["split_fingerprint"] == seed["anchors"]["split_fingerprint"]  # the same test rows
-    assert seed["anchors"]["metric"] == "test_accuracy" and seed["anchors"]["n_test"] == 36
-    scores = [seed["hps"]["test"]["test_accuracy"], *(seed["anchors"]["scores"][a] for a in ANCHORS)]
-    assert all(0.0 <= s <= 1.0 for s in scores)
-    assert min(seed["anchors"]["scores"].values()) > 0.8  # wine is easy: the defaults all do well
-    summary = wine["summary"]
-    assert summary["hps"]["n"] == 1 and math.isclose(summary["hps"]["mean"], scores[0])
-    assert all(summary["vs"][a]["n"] == 1 for a in ANCHORS)
-    table = (out.with_suffix(".md")).read_text()
-    assert table.strip() in proc.stdout
-    row = next(line for line in table.splitlines() if line.startswith("| wine |"))
-    assert f"{scores[0]:.4f}" in row and all(f"{s:.4f}" in row for s in scores[1:])
-    assert results["machine"]["cpu"] in table and "--parts quality" in table
 
 
 def _seed(hps: float, mlp: float, metric: str = "test_mae", random: float | None = None) -> dict:
