@@ -22,12 +22,13 @@ demo: install
 
 # Two workers, one test file at a time each (pytest-xdist): a search's wall time is mostly its trial worker
 # starting, on one core, so the other core runs another file meanwhile. Each worker has its own Ray and MLflow server.
+# Files go out in the order tests/conftest.py sorts them (longest first), not xdist's default (most tests first).
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The edit loop: every test not marked slow (no real search, no Ray), in under two minutes.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf hps-runs mlruns.db .pytest_cache

@@ -143,13 +143,25 @@ def pytest_collection_modifyitems(items) -> None:
     """Every test that joins the session's Ray (a real search, or Ray itself) is slow, wherever it lives:
     `make test-fast` (``-m "not slow"``) never starts Ray.
 
-    Modules holding slow tests run first: `make test` runs two workers (pytest-xdist, one file at a time each), and
-    the many short files left at the end keep both busy until the last long one is done."""
+    Files run longest first: `make test` runs two workers (pytest-xdist, one file at a time each), and the many short
+    files left at the end keep both busy until the last long one is done. ``LONGEST_FILES`` only orders them (a
+    stale list costs minutes, never a result); other files with slow tests come next, the fast ones last."""
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's own order is kept
+
+    def order(item) -> tuple[bool, int]:
+        rank = LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else len(LONGEST_FILES)
+        return item.path not in slow_files, rank
+
+    items.sort(key=order)  # stable: each file's own order is kept
+
+
+# Measured under two workers, 2026-11-30: about 100, 90, 75, 60, 60, 40, 40, 40 and 30 s.
+LONGEST_FILES = ("test_packing.py", "test_resilience.py", "test_benchmarks.py", "test_evaluate.py",
+                 "test_search_integration.py", "test_outage.py", "test_multinode.py", "test_compose.py",
+                 "test_cli.py")
 
 
 def load_yaml(name: str) -> dict:
