@@ -86,6 +86,7 @@ def check_registered_name(name: str) -> str:
         raise ValueError(f"{name!r} cannot be a Model Registry name (no '/', ':' or '@', no blank at either end)")
     return name
 
+
 def ruled_by(rule: Callable[[Any], str | None]) -> AfterValidator:
     """A pydantic validator applying one of ``trainables.names``' rules (a message when the value is wrong, else
     None): the rule lives there, the config only points at it."""

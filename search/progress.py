@@ -35,12 +35,8 @@ class ProgressPrinter(tune.Callback):
         done = sum(self.counts.values())
         shown = f"{self.metric}={value:.4g}" if value is not None else "no result"
         best = f"{self.sign * self.best:.4g}" if math.isfinite(self.best) else "-"
-        print(
-            f"[{done}/{self.total} done, {running} running, {time.monotonic() - self.start:5.0f}s] "
-            f"trial {trial.trial_id} {outcome} at epoch {result.get('epoch', 0)}: {shown} | best {best}",
-            file=self.stream or sys.stdout,
-            flush=True,
-        )
+        self._write(f"[{done}/{self.total} done, {running} running, {self._elapsed()}] "
+                    f"trial {trial.trial_id} {outcome} at epoch {result.get('epoch', 0)}: {shown} | best {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if (trial.last_result or {}).get("diverged"):
@@ -66,7 +62,13 @@ class ProgressPrinter(tune.Callback):
                   f"{trial.num_failures + 1} of {self.attempts}): {last_error(trial)}")
 
     def _say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.start:5.0f}s] {text}", file=self.stream or sys.stdout, flush=True)
+        self._write(f"[{self._elapsed()}] {text}")
+
+    def _elapsed(self) -> str:
+        return f"{time.monotonic() - self.start:5.0f}s"
+
+    def _write(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
 
 
 def last_error(trial) -> str:

@@ -14,8 +14,8 @@ import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.storage import pending_file, state_exists
 from search import writer as writer_module
+from search.storage import pending_file, state_exists
 from search.writer import TrackingWriter
 from tests.conftest import free_port
 
@@ -68,7 +68,7 @@ def new_experiment(client: MlflowClient) -> str:
 
 def test_a_write_failing_with_any_error_is_given_up_and_later_writes_go_through(mlflow_server, monkeypatch):
     # The same tries, without their ~9 s of backoff (what is checked is the giving up, not the schedule).
-    monkeypatch.setattr("search.writer.BACKOFF_S", (0.05,) * len(writer_module.BACKOFF_S))
+    monkeypatch.setattr(writer_module, "BACKOFF_S", (0.05,) * len(writer_module.BACKOFF_S))
     client = MlflowClient(mlflow_server)
     writer = TrackingWriter(mlflow_server)
     writer.submit("create_run", "t", experiment_id=new_experiment(client), tags={}, run_name="t")
