@@ -108,6 +108,19 @@ def mlflow_control(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture
+def mlflow_link(mlflow_control):
+    """The session's tracking server through a network path the test can cut (an outage) and restore
+    (tests/network.py); the server itself keeps running."""
+    from tests.network import CuttableLink
+
+    link = CuttableLink(mlflow_control.port)
+    try:
+        yield link
+    finally:
+        link.cut()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(mlflow_control) -> str:
     """The URI of the session's real `mlflow server`."""

@@ -22,11 +22,12 @@ def quick(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     # Its searches join the session's Ray (RAY_ADDRESS, as `ray.init()` reads it) instead of starting their own:
     # the quick budget checks that every part runs, not what Ray's start-up costs. Quality: one small config, one
-    # split seed, 2 trials x 2 epochs: the real `hps run` and `hps evaluate`, then the anchors on the same split.
+    # split seed, 2 trials x 2 epochs one at a time (as the quick budget's own searches): the real `hps run` and
+    # `hps evaluate`, then the anchors on the same split.
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick",
                            "--parts", "throughput,overhead,asha,packed,quality", "--configs", "wine", "--seeds", "3",
-                           "--trials", "2", "--epochs", "2", "--out", str(out)],
+                           "--trials", "2", "--epochs", "2", "--set", "search.max_concurrent=1", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(out.read_text()), proc.stdout, out

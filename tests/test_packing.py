@@ -41,8 +41,8 @@ PACKING_SPACE = {
 def packed_config(name: str, uri: str) -> dict:
     raw = shrink(load_yaml("digits.yaml"), name, uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS)
     raw["space"] = PACKING_SPACE
-    # Two pack servers of two: 4 trial actors and 2 servers to start (each ~3 CPU-seconds), trials in two waves.
-    raw["search"]["max_concurrent"] = 2 * PACK
+    # One pack server of two: 2 trial actors and the server to start (each ~3 CPU-seconds), trials in four waves.
+    raw["search"]["max_concurrent"] = PACK
     raw["scheduler"].update(grace_period=2, reduction_factor=2)
     raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0, "pack": PACK}
     raw["training"] = {"checkpoint_every": 2, "report_interval_s": 0}

@@ -110,18 +110,19 @@ def checkpoints(storage: Path, name: str) -> set[Path]:
     return set((storage / name).glob("tune_trainable_*/checkpoint_*"))
 
 
-def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_control, tmp_path):
+def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_link, mlflow_server, tmp_path):
     """A trial's worker process is killed (SIGKILL) two epochs in: exactly that trial is retried from its
-    checkpoint. Then the tracking server goes down while trials train: the search keeps training, buffers its
+    checkpoint. Then the tracking server cannot be reached while trials train: the search keeps training, buffers its
     writes, and once the server is back every epoch of every trial is in MLflow exactly once."""
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "runs"
     # 6 epochs: the victim is killed at epoch 2+ and the outage needs one more epoch; the retry and the third trial
     # leave several epochs to train meanwhile.
-    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_control.uri, num_samples=3, max_epochs=6,
+    # `hps` reaches the server through a path that is cut below; the test reads it directly.
+    config = slow_config(tmp_path / "c.yaml", "faults", mlflow_link.uri, num_samples=3, max_epochs=6,
                          max_failures=2)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(storage), cwd=tmp_path)
-    client = MlflowClient(mlflow_control.uri)
+    client = MlflowClient(mlflow_server)
 
     def running_trial_with_two_epochs():
         for run in children(client, "faults"):
@@ -134,13 +135,13 @@ def test_killed_worker_and_tracking_outage_in_one_search(ray_session, mlflow_con
     os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
 
     try:
-        mlflow_control.stop()  # the outage: trials keep training while the server is down
+        mlflow_link.cut()  # the outage: trials keep training while the server cannot be reached
         before = checkpoints(storage, "faults")
         wait_until(lambda: "buffering writes" in proc.output, what="writes buffered", alive=proc)
         wait_until(lambda: checkpoints(storage, "faults") - before, what="an epoch trained during the outage",
                    alive=proc)
     finally:
-        mlflow_control.start()
+        mlflow_link.restore()
     assert proc.wait() == 0, proc.output
 
     runs = children(client, "faults")
@@ -161,7 +162,8 @@ def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
     name = "interrupted"
-    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=4)
+    # One trial at a time: each of the three drivers starts one trial worker (~3 CPU-seconds), not two.
+    config = slow_config(tmp_path / "c.yaml", name, mlflow_server, num_samples=4, max_epochs=4, max_concurrent=1)
     client = MlflowClient(mlflow_server)
 
     first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
