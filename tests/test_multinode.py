@@ -6,8 +6,9 @@ node IDs, one logical CPU each) with token authentication, next to a real `mlflo
 way a user on a cluster node runs it. Two trials at a time on two 1-CPU nodes must land on both nodes.
 
 With `moto` installed (dev extras) a local S3-compatible server (`moto.server`, a real HTTP server) runs too, and
-a second search uses `--storage s3://BUCKET/PREFIX` on the same cluster: both nodes write checkpoints to the bucket
-through Ray's pyarrow S3 filesystem (`AWS_ENDPOINT_URL`, as for MinIO).
+the search uses `--storage s3://BUCKET/PREFIX`: both nodes write checkpoints to the bucket through Ray's pyarrow S3
+filesystem (`AWS_ENDPOINT_URL`, as for MinIO). Without it, a local folder is the shared storage. One search serves
+every test (each trial worker started costs seconds); the last test deletes its state.
 
 The nodes are stopped by killing exactly the processes of the two sessions this module started (never `ray stop`,
 which would also stop the test session's own Ray and any other Ray on the machine).
@@ -253,75 +254,75 @@ def _hps_run(config: Path, address: str, tracking_uri: str, storage: str, env: d
     )
 
 
-def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_server(
-    cluster, mlflow_server, tmp_path
-):
-    address, node_ids, head_id, env = cluster
+@pytest.fixture(scope="module")
+def searched(cluster, s3_endpoint, mlflow_server, tmp_path_factory):
+    """One search on the two-node cluster, storing in the S3 bucket (in a local folder without moto): (its name,
+    its storage, its trial runs, its config, the folder it ran in)."""
+    address, _node_ids, _head_id, env = cluster
     name = "multinode-digits"
-    config = _search_config(tmp_path, name, mlflow_server)
-    storage = tmp_path / "shared-runs"  # "shared": both nodes are on this machine
-
-    run = _hps_run(config, address, mlflow_server, str(storage), env, tmp_path)
+    cwd = tmp_path_factory.mktemp("multinode")
+    config = _search_config(cwd, name, mlflow_server)
+    storage = f"s3://{BUCKET}/searches" if s3_endpoint else str(cwd / "shared-runs")  # "shared": one machine
+    run = _hps_run(config, address, mlflow_server, storage, env, cwd)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert f"{NUM_SAMPLES} trials" in run.stdout
-
     client = MlflowClient(mlflow_server)
-    children = trial_runs(client, find_search_run(client, name))
+    return name, storage, trial_runs(client, find_search_run(client, name)), config, cwd
+
+
+def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_server(cluster, searched,
+                                                                                     mlflow_server):
+    _address, node_ids, head_id, _env = cluster
+    _name, _storage, children, _config, cwd = searched
     assert len(children) == NUM_SAMPLES
     # Every trial ran on one of the cluster's two nodes, and both nodes ran trials.
     assert {c.data.tags["node_id"] for c in children} == node_ids
     assert {c.data.tags["hostname"] for c in children} == {socket.gethostname()}
 
-    # Model artifacts went through the tracking server (proxied `mlflow-artifacts:` store, no direct file access).
+    # Model artifacts went through the tracking server (proxied `mlflow-artifacts:` store, no direct file access);
+    # with S3 storage, from the bucket through the driver.
+    client = MlflowClient(mlflow_server)
     for child in children:
         assert child.info.artifact_uri.startswith("mlflow-artifacts:"), child.info.artifact_uri
         assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {
             "model/weights.pt", "model/model.json"
         }
     worker_trial = next(c for c in children if c.data.tags["node_id"] != head_id)
-    local = client.download_artifacts(worker_trial.info.run_id, "model", str(tmp_path / "download"))
+    local = client.download_artifacts(worker_trial.info.run_id, "model", str(cwd / "download"))
     _model, description = load_model(local)
     assert description["epoch"] == int(worker_trial.data.metrics["best_epoch"])
 
-    # The trials of both nodes kept their state in the one shared storage location (their checkpoint folders may
-    # already be pruned once the model is in MLflow; the trial folders stay).
-    stored = {path.name.split("_")[2] for path in (storage / name).glob("tune_trainable_*") if path.is_dir()}
-    assert stored == {c.data.tags["hps.trial_id"] for c in children}
 
-
-
-def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, mlflow_server, tmp_path, monkeypatch,
-                                                         capsys):
+def test_the_shared_storage_holds_the_state_of_both_nodes(searched, s3_endpoint):
+    name, storage, children, _config, _cwd = searched
+    trial_ids = {c.data.tags["hps.trial_id"] for c in children}
     if s3_endpoint is None:
-        pytest.skip("moto is not installed (pip install -e '.[dev]'): no local S3 server")
-    address, node_ids, _head_id, env = cluster
-    name = "multinode-s3"
-    config = _search_config(tmp_path, name, mlflow_server)
-    storage = f"s3://{BUCKET}/searches"
-
-    _wait_for_idle_nodes(address, env, timeout=60)  # the previous test's trials must not hold a node's CPU
-    run = _hps_run(config, address, mlflow_server, storage, env, tmp_path)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-
+        # The trials of both nodes kept their state in the one shared folder (their checkpoint folders may already
+        # be pruned once the model is in MLflow; the trial folders stay).
+        stored = {path.name.split("_")[2] for path in (Path(storage) / name).glob("tune_trainable_*") if path.is_dir()}
+        assert stored == trial_ids
+        return
     import pyarrow.fs
 
-    s3 = _s3(s3_endpoint)
-    keys = [i.path for i in s3.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/searches/{name}", recursive=True))]
+    keys = [i.path for i in _s3(s3_endpoint).get_file_info(
+        pyarrow.fs.FileSelector(f"{BUCKET}/searches/{name}", recursive=True))]
     assert any(k.rsplit("/", 1)[-1].startswith("experiment_state") for k in keys)  # the driver's state
     # Every trial, from either node, checkpointed into the bucket (search.tracking prunes local checkpoints only).
     checkpointed = {k.split("/")[3].split("_")[2] for k in keys if k.endswith("/model/weights.pt")}
+    assert checkpointed == trial_ids
 
-    client = MlflowClient(mlflow_server)
-    children = trial_runs(client, find_search_run(client, name))
-    assert {c.data.tags["node_id"] for c in children} == node_ids
-    assert checkpointed == {c.data.tags["hps.trial_id"] for c in children}
-    for child in children:  # models went from the bucket through the driver to the tracking server
-        assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {
-            "model/weights.pt", "model/model.json"
-        }
 
+def test_the_same_name_in_the_bucket_is_refused_and_overwrite_starts_over(cluster, searched, s3_endpoint,
+                                                                          mlflow_server, monkeypatch, capsys):
+    if s3_endpoint is None:
+        pytest.skip("moto is not installed (pip install -e '.[dev]'): no local S3 server")
+    address, _node_ids, _head_id, env = cluster
+    name, storage, _children, config, _cwd = searched
     # The same name in the same bucket is refused before anything runs (before Ray: `hps run` in this process,
-    # with the bucket's credentials), as for a folder; --overwrite starts over.
+    # with the bucket's credentials), as for a folder; --overwrite starts over. Last in this module: it deletes the
+    # search's state.
+    import pyarrow.fs
+
     from search.cli import main as hps_main
     from search.config import load_config
     from search.tuner import run_search
@@ -343,4 +344,4 @@ def test_s3_storage_holds_the_checkpoints_of_both_nodes(cluster, s3_endpoint, ml
 
     with pytest.raises(Announced):
         run_search(load_config(config), address=address, storage=storage, overwrite=True, announce=stop)
-    assert s3.get_file_info(f"{BUCKET}/searches/{name}").type == pyarrow.fs.FileType.NotFound
+    assert _s3(s3_endpoint).get_file_info(f"{BUCKET}/searches/{name}").type == pyarrow.fs.FileType.NotFound
