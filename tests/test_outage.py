@@ -46,7 +46,9 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
     storage = tmp_path / "runs"
     try:
         address = ray_session.get_runtime_context().gcs_address
-        config = slow_config(tmp_path / "c.yaml", "outage-models", server.uri, num_samples=3, max_epochs=6)
+        # One trial at a time (one trial worker to start): the trials after the first end during the outage.
+        config = slow_config(tmp_path / "c.yaml", "outage-models", server.uri, num_samples=3, max_epochs=6,
+                             max_concurrent=1)
         raw = yaml.safe_load(config.read_text())
         raw["tracking"]["outage_wait_s"] = 2  # give up waiting for the server soon after the search ends
         config.write_text(yaml.safe_dump(raw))
@@ -102,7 +104,8 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
 
 def test_a_write_the_server_refuses_is_counted_reported_and_exits_1(ray_session, mlflow_server, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    config = slow_config(tmp_path / "c.yaml", "refused-writes", mlflow_server, num_samples=2, max_epochs=5)
+    config = slow_config(tmp_path / "c.yaml", "refused-writes", mlflow_server, num_samples=2, max_epochs=5,
+                         max_concurrent=1)
     proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path,
                      tmpdir=Path(os.environ.get("TMPDIR", "/tmp")))
     client = MlflowClient(mlflow_server)
