@@ -34,7 +34,7 @@ def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_p
     address = ray_session.get_runtime_context().gcs_address
     run = hps("run", str(CONFIGS / "breast_cancer.yaml"), "--name", "cli-bc", "--num-samples", "3", "--max-epochs", "3",
               "--tracking-uri", mlflow_server, "--address", address, "--storage", str(tmp_path / "runs"),
-              "--set", "scheduler.grace_period=1", "--set", "space.units.high=16", "--set", "search.max_concurrent=2",
+              "--set", "scheduler.grace_period=1", "--set", "space.units.high=16", "--set", "search.max_concurrent=1",
               cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best_val_loss" in run.stdout and "3 trials" in run.stdout
