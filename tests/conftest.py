@@ -171,7 +171,8 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=order)  # stable: each file's own order is kept
 
 
-# Measured under two workers, 2026-11-30 (after the searches were trimmed): about 85, 70, 60, 45, 40, 35, 30, 30 and 25 s.
+# Measured under two workers, 2026-11-30 (after the searches were trimmed): about 85, 70, 60, 45, 40, 35, 30,
+# 30 and 25 s.
 LONGEST_FILES = ("test_resilience.py", "test_packing.py", "test_benchmarks.py", "test_evaluate.py",
                  "test_outage.py", "test_search_integration.py", "test_cli.py", "test_compose.py",
                  "test_multinode.py")
