@@ -132,16 +132,17 @@ def pack_server_pids(holding_trials: bool = False) -> list[int]:
     return pids
 
 
-def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_session, mlflow_control, tmp_path,
-                                                                          capsys):
+def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_session, mlflow_link, mlflow_server,
+                                                                          tmp_path, capsys):
     """A pack server's process is killed (SIGKILL) mid-search: Ray starts it again and Tune retries its trials from
     their checkpoints into it (the search's only server: the checkpoint awaited during the outage below is written
-    only if the restarted server trains; a restart without its data once failed every trial it held). Then the tracking server goes down while the packs train (writes are buffered). Then
-    the driver is killed: `hps resume` finishes the search with every trial once and every epoch once in MLflow, its
-    trials packed again."""
+    only if the restarted server trains; a restart without its data once failed every trial it held). Then the
+    tracking server cannot be reached while the packs train (writes are buffered). Then the driver is killed: `hps
+    resume` finishes the search with every trial once and every epoch once in MLflow, its trials packed again."""
     address = ray_session.get_runtime_context().gcs_address
     storage = str(tmp_path / "runs")
-    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_control.uri, num_samples=2, max_epochs=20,
+    # `hps` reaches the server through a path that is cut below; the test reads it directly.
+    config = slow_config(tmp_path / "c.yaml", "packed-faults", mlflow_link.uri, num_samples=2, max_epochs=20,
                          max_failures=3, max_concurrent=2)
     raw = yaml.safe_load(config.read_text())
     # A checkpoint every 3 epochs: one lands soon after the outage begins, and the retries lose few epochs.
@@ -151,7 +152,7 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     raw["space"].update(units={"type": "int", "low": 65, "high": 128}, dropout=0.0, batch_size=4)
     raw["resources"] = {"cpus_per_trial": 1, "pack": 2}  # one server of two: fewer actors to start, twice
     config.write_text(yaml.safe_dump(raw))
-    client = MlflowClient(mlflow_control.uri)
+    client = MlflowClient(mlflow_server)
 
     first = start_hps("run", str(config), "--address", address, "--storage", storage, cwd=tmp_path)
     wait_until(lambda: any(r.data.metrics.get("best_epoch", 0) >= 2 for r in children(client, "packed-faults")),
@@ -166,13 +167,13 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     assert "(attempt 2 of 4): " in retried[0] and "no error text" not in retried[0], retried
     assert "Trial task failed" not in first.output
     try:
-        mlflow_control.stop()  # the outage: the packs keep training while the server is down
+        mlflow_link.cut()  # the outage: the packs keep training while the server cannot be reached
         before = set(Path(storage).glob("packed-faults/*/checkpoint_*"))
         wait_until(lambda: "buffering writes" in first.output, what="writes buffered", alive=first)
         wait_until(lambda: set(Path(storage).glob("packed-faults/*/checkpoint_*")) - before,
                    what="a checkpoint written during the outage", alive=first)
     finally:
-        mlflow_control.start()
+        mlflow_link.restore()
     assert first.process.poll() is None, "the search ended before its driver could be killed: make epochs slower"
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(30)
