@@ -50,8 +50,9 @@ def _fit(tmp_path, fn, searcher, param_space, num_samples, metric=None, mode=Non
     return tune.Tuner(
         fn,
         param_space=param_space,
+        # One trial at a time, in one reused actor: one worker process to start per fit, not two.
         tune_config=tune.TuneConfig(search_alg=searcher, metric=metric, mode=mode, num_samples=num_samples,
-                                    reuse_actors=True),
+                                    reuse_actors=True, max_concurrent_trials=1),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     ).fit()
 
