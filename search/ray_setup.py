@@ -43,11 +43,36 @@ def init_ray(address: str | None) -> bool:
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # Tune's own "resume with Tuner.restore(...)" hint after Ctrl-C; hps prints its `hps resume` command instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # Ray 2.60 turns token authentication on for a new local cluster and says so at every start, in the first lines
+    # a user reads. Only that notice goes: Ray's warnings that authentication is off or failing stay.
+    _drop_messages(AUTH_ENABLED_LOGGER, AUTH_ENABLED_NOTICE)
     if ray.is_initialized():
         return False
     # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
     ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
     return True
+
+
+AUTH_ENABLED_LOGGER = "ray._private.authentication.authentication_token_setup"
+AUTH_ENABLED_NOTICE = "Token authentication is enabled for this Ray cluster."
+
+
+class _DropPrefix(logging.Filter):
+    """Drops the records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def _drop_messages(logger_name: str, prefix: str) -> None:
+    """Drop the records of ``logger_name`` whose message starts with ``prefix`` (one filter, however often called)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
+        logger.addFilter(_DropPrefix(prefix))
 
 
 def shutdown_ray() -> None:

@@ -5,6 +5,8 @@ with no cycle collection running meanwhile."""
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import pickle
 from types import SimpleNamespace
 
@@ -12,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.config import parse_config
 from search import ray_setup
-from search.ray_setup import SchedulerState, asha_rungs, scheduler, shutdown_ray
+from search.ray_setup import SchedulerState, asha_rungs, init_ray, scheduler, shutdown_ray
 from tests.conftest import load_yaml, shrink
 
 # Recorded best_val_loss of three trials at epochs 1 and 2 (ASHA with grace period 1 and reduction factor 2 decides
@@ -97,3 +99,18 @@ def test_ray_shuts_down_with_garbage_collected_before_and_no_collection_during_i
     assert freed == ["while Ray was up"]  # collected before the shutdown began
     assert seen == [False]  # nothing collected, in any thread, while it ran
     assert gc.isenabled() == was_enabled
+
+
+def test_rays_token_auth_notice_is_dropped_and_its_other_auth_warnings_kept(monkeypatch, caplog):
+    from ray._private.authentication import authentication_token_setup as ray_auth
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what init_ray sets stays in this test
+    monkeypatch.setattr("ray.is_initialized", lambda: True)  # stops before starting Ray: only the settings matter
+    init_ray(None)
+    init_ray(None)
+    assert len(logging.getLogger(ray_setup.AUTH_ENABLED_LOGGER).filters) == 1
+    with caplog.at_level(logging.WARNING, logger=ray_setup.AUTH_ENABLED_LOGGER):
+        ray_auth._warn_token_auth_enabled()  # Ray's own notice at every new local cluster
+        ray_auth._warn_token_auth_disabled()
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and said[0].startswith("Token authentication is disabled"), said
