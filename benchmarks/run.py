@@ -186,11 +186,14 @@ def table(results: dict) -> str:
             row(f"trainable throughput, {device} (samples/s)", f"{t['ours_samples_per_s']:,.0f}",
                 f"{t['course_samples_per_s']:,.0f} (course-notes DataLoader loop)", f"{t['ratio']:.2f}x",
                 target(key) if key == "throughput" else "-")
-    for key, how in (("overhead", f"{b.get('concurrent', 2)} at a time"), ("overhead_packed", f"packed ({b['pack']} a worker, 2 workers)")):
+    concurrent = b.get("concurrent", 2)  # results written before the field existed ran 2 at a time
+    for key, how in (("overhead", f"{concurrent} at a time"),
+                     ("overhead_packed", f"packed ({b['pack']} a worker, 2 workers)")):
         if key in results:
             o = results[key]
             row(f"`hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, {how} (s)",
-                f"{o['hps_wall_s']:.1f}", f"{o['optuna_wall_s']:.1f} (Optuna `n_jobs={b.get('concurrent', 2)}`, same configurations)",
+                f"{o['hps_wall_s']:.1f}",
+                f"{o['optuna_wall_s']:.1f} (Optuna `n_jobs={concurrent}`, same configurations)",
                 f"{o['ratio']:.2f}x", target(key))
     if "asha" in results:
         a = results["asha"]

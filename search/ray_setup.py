@@ -45,7 +45,7 @@ def init_ray(address: str | None) -> bool:
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     # Ray 2.60 turns token authentication on for a new local cluster and says so at every start, in the first lines
     # a user reads. Only that notice goes: Ray's warnings that authentication is off or failing stay.
-    _drop_messages(AUTH_ENABLED_LOGGER, AUTH_ENABLED_NOTICE)
+    logging.getLogger(AUTH_ENABLED_LOGGER).addFilter(_AUTH_ENABLED_NOTICE_DROPPED)  # a no-op once added
     if ray.is_initialized():
         return False
     # Workers print nothing to the terminal; results and errors come back through Tune and MLflow.
@@ -68,11 +68,7 @@ class _DropPrefix(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
-def _drop_messages(logger_name: str, prefix: str) -> None:
-    """Drop the records of ``logger_name`` whose message starts with ``prefix`` (one filter, however often called)."""
-    logger = logging.getLogger(logger_name)
-    if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
-        logger.addFilter(_DropPrefix(prefix))
+_AUTH_ENABLED_NOTICE_DROPPED = _DropPrefix(AUTH_ENABLED_NOTICE)
 
 
 def shutdown_ray() -> None:

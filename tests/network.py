@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.conftest import free_port
+
 ACCEPT_POLL_S = 0.1  # how soon a cut stops accepting
 
 
@@ -24,9 +26,7 @@ class CuttableLink:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
-        probe = socket.create_server(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.restore()
 
