@@ -50,7 +50,7 @@ def test_run_then_trials_from_the_command_line(ray_session, mlflow_server, tmp_p
     assert len(board) == 3 and board["rank"].tolist() == [1, 2, 3]
     assert board["best_val_loss"].is_monotonic_increasing
 
-    shown = hps("trials", "cli-bc", "--tracking-uri", mlflow_server, cwd=tmp_path)
+    shown = hps_here("trials", "cli-bc", "--tracking-uri", mlflow_server, capsys=capsys)
     assert shown.returncode == 0 and board.loc[0, "trial"] in shown.stdout
 
     client = MlflowClient(mlflow_server)

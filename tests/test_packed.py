@@ -233,9 +233,12 @@ def test_reports_follow_each_members_settings(datasets):
     assert all(math.isfinite(r[0]["val_loss"]) for r in (first["short"], first["long"]))
 
 
-@pytest.mark.skipif(_kernel_vector_width() is None, reason="torch's fused CPU optimizer kernel is not one we can mirror")
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_the_optimizer_reproduces_torchs_fused_kernel_bit_for_bit(datasets, optimizer):
+    # Asked here, not in a skipif at import: finding the width makes an optimizer, which imports torch._dynamo (~1 s
+    # in every process that collects the tests).
+    if _kernel_vector_width() is None:
+        pytest.skip("torch's fused CPU optimizer kernel is not one we can mirror")
     # Batch norm's pre-norm bias has a true gradient of zero: Adam turns any rounding difference there into full
     # steps, so the functional optimizer mirrors torch's kernel bit for bit, the scalar loop over the last elements
     # of each tensor (here the 10 output biases) included.
