@@ -388,21 +388,3 @@ def test_cross_validated_search_selects_on_folds_and_tests_the_refit(ray_session
     rows, target = split.test_rows()
     predicted = predict_frame(model, prep, rows)["prediction"].to_numpy()
     assert parent.data.metrics["test_mae"] == pytest.approx(float(np.mean(np.abs(predicted - target.to_numpy(float)))), rel=1e-5)
-
-
-def test_a_search_that_kept_no_models_says_so(ray_session, mlflow_server, tmp_path, capsys):
-    raw = shrink(load_yaml("wine.yaml"), "eval-no-models", mlflow_server, num_samples=2, max_epochs=2)
-    raw["tracking"]["log_models"] = "none"
-    run_search(parse_config(raw), storage=str(tmp_path / "runs"))
-    from sklearn.datasets import load_wine
-
-    load_wine(as_frame=True).data.head(3).to_csv(tmp_path / "rows.csv", index=False)
-    assert main(["predict", "eval-no-models", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"),
-                 "--tracking-uri", mlflow_server]) == 2
-    assert "its best trial has no model artifact (was tracking.log_models none?)" in capsys.readouterr().err
-    assert main(["evaluate", "eval-no-models", "--tracking-uri", mlflow_server]) == 2
-    assert "has no model artifact" in capsys.readouterr().err
-    assert main(["evaluate", "eval-no-models", "--top-k", "3", "--tracking-uri", mlflow_server]) == 2
-    assert "--top-k: 3 averages the 3 best trials' models, which only tracking.log_models: all keeps (this search: " \
-           "none)" in capsys.readouterr().err
-    assert not (tmp_path / "out.csv").exists()

@@ -20,10 +20,11 @@ TRIALS = [
 ]
 
 
-@pytest.fixture
-def recorded(tmp_path):
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """The recorded search, once for the module: its tests only read it."""
     raw = load_yaml("digits.yaml")
-    return record_search(sqlite_uri(tmp_path), "board", TRIALS, config=raw)
+    return record_search(sqlite_uri(tmp_path_factory.mktemp("board")), "board", TRIALS, config=raw)
 
 
 def test_trials_are_ranked_by_their_best_epoch_and_a_failed_one_last(recorded):

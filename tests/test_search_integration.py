@@ -192,10 +192,11 @@ def test_one_trial_at_a_time_gives_the_same_search_twice(search, mlflow_server, 
     assert best_first == best_second and value_first == value_second
 
 
-def test_fifo_with_ordered_telling_gives_the_same_search_twice(ray_session, mlflow_server, tmp_path):
-    """FIFO with search.tell_in_order and 2 trials at a time: the same trials and the same best trial twice. (With 4
-    trials TPE is still in its random startup phase, so this mostly checks that ordered telling runs under Tune; its
-    logic is checked in tests/test_searcher.py.)"""
+@pytest.fixture(scope="module")
+def fifo_twice(ray_session, mlflow_server, tmp_path_factory):
+    """The same FIFO search twice, 2 trials at a time with search.tell_in_order, keeping no models: each run's
+    outcome and trials in start order (see :func:`_trials_in_order`)."""
+    storage = tmp_path_factory.mktemp("fifo")
     runs = []
     for attempt in range(2):
         raw = shrink(load_yaml("wine.yaml"), f"it-repeat-fifo-{attempt}", mlflow_server, num_samples=4, max_epochs=3,
@@ -203,7 +204,35 @@ def test_fifo_with_ordered_telling_gives_the_same_search_twice(ray_session, mlfl
         raw["search"]["tell_in_order"] = True
         raw["scheduler"]["type"] = "fifo"
         raw["tracking"]["log_models"] = "none"
-        runs.append(_trials_in_order(run_search(parse_config(raw), storage=str(tmp_path / "runs")), mlflow_server))
-    (first, best_first, value_first), (second, best_second, value_second) = runs
+        outcome = run_search(parse_config(raw), storage=str(storage))
+        runs.append((outcome, _trials_in_order(outcome, mlflow_server)))
+    return runs
+
+
+def test_fifo_with_ordered_telling_gives_the_same_search_twice(fifo_twice):
+    """FIFO with search.tell_in_order and 2 trials at a time: the same trials and the same best trial twice. (With 4
+    trials TPE is still in its random startup phase, so this mostly checks that ordered telling runs under Tune; its
+    logic is checked in tests/test_searcher.py.)"""
+    (_, (first, best_first, value_first)), (_, (second, best_second, value_second)) = fifo_twice
     assert len(first) == 4 and sorted(map(str, first)) == sorted(map(str, second))
     assert best_first == best_second and value_first == value_second
+
+
+def test_a_search_that_kept_no_models_says_so(fifo_twice, mlflow_server, tmp_path, capsys):
+    """tracking.log_models: none (the FIFO search above): `hps predict` and `hps evaluate` refuse with the reason,
+    and write nothing."""
+    from sklearn.datasets import load_wine
+
+    from search.cli import main
+
+    load_wine(as_frame=True).data.head(3).to_csv(tmp_path / "rows.csv", index=False)
+    name = "it-repeat-fifo-0"
+    assert main(["predict", name, str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"),
+                 "--tracking-uri", mlflow_server]) == 2
+    assert "its best trial has no model artifact (was tracking.log_models none?)" in capsys.readouterr().err
+    assert main(["evaluate", name, "--tracking-uri", mlflow_server]) == 2
+    assert "has no model artifact" in capsys.readouterr().err
+    assert main(["evaluate", name, "--top-k", "3", "--tracking-uri", mlflow_server]) == 2
+    assert "--top-k: 3 averages the 3 best trials' models, which only tracking.log_models: all keeps (this search: " \
+           "none)" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()

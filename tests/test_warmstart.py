@@ -61,9 +61,10 @@ def test_missing_sampled_parameter_is_dropped():
     assert fitting_params({k: v for k, v in GOOD.items() if k != "lr"}, config().space) is None
 
 
-@pytest.fixture
-def recorded(tmp_path):
-    """An earlier search: three completed trials (b best), one stopped early, one failed, one interrupted."""
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """An earlier search: three completed trials (b best), one stopped early, one failed, one interrupted. Recorded
+    once for the module (about a second): loading a warm start only reads it."""
     trials = [
         Trial("a", [0.9, 0.6], {**GOOD, "lr": 0.001}, "completed"),
         Trial("b", [0.8, 0.3], {**GOOD, "lr": 0.05}, "completed"),
@@ -72,7 +73,7 @@ def recorded(tmp_path):
         Trial("e", [2.0], {**GOOD, "lr": 0.0001}, "failed"),
         Trial("f", [2.0], {**GOOD, "lr": 0.0002}, "interrupted"),
     ]
-    return record_search(sqlite_uri(tmp_path), "earlier", trials)
+    return record_search(sqlite_uri(tmp_path_factory.mktemp("earlier")), "earlier", trials)
 
 
 def test_load_keeps_every_ended_fitting_trial_and_ranks_the_top_k(recorded):
