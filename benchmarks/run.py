@@ -187,9 +187,10 @@ def table(results: dict) -> str:
                 f"{t['course_samples_per_s']:,.0f} (course-notes DataLoader loop)", f"{t['ratio']:.2f}x",
                 target(key) if key == "throughput" else "-")
     concurrent = b.get("concurrent", 2)  # results written before the field existed ran 2 at a time
-    for key, how in (("overhead", f"{concurrent} at a time"),
-                     ("overhead_packed", f"packed ({b['pack']} a worker, 2 workers)")):
+    for key in ("overhead", "overhead_packed"):
         if key in results:
+            # Results written before packing existed have no pack size: only the packed figure names one.
+            how = f"packed ({b['pack']} a worker, 2 workers)" if key == "overhead_packed" else f"{concurrent} at a time"
             o = results[key]
             row(f"`hps run` wall time, FIFO, {b['overhead_trials']} trials x {b['overhead_epochs']} epochs, {how} (s)",
                 f"{o['hps_wall_s']:.1f}",

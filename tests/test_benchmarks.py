@@ -60,3 +60,15 @@ def test_quality_part_reports_hps_and_every_anchor(quick):
     row = next(line for line in table.splitlines() if line.startswith("| wine |"))
     assert f"{scores[0]:.4f}" in row and all(f"{s:.4f}" in row for s in scores[1:])
     assert results["machine"]["cpu"] in table and "--parts throughput,overhead,asha,packed,quality" in table
+
+
+@pytest.mark.parametrize("recorded", sorted(p.name for p in (ROOT / "docs").glob("benchmarks-*.json")))
+def test_every_recorded_benchmark_renders_as_a_table(recorded):
+    """Results written by earlier versions (before the packed figures or the concurrency field existed) still
+    render: the README and docs quote them."""
+    from benchmarks.run import table
+
+    results = json.loads((ROOT / "docs" / recorded).read_text())
+    text = table(results)
+    assert "| figure |" in text and results["machine"]["cpu"] in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) >= 2  # the header and at least one figure
