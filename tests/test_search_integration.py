@@ -195,7 +195,7 @@ def test_one_trial_at_a_time_gives_the_same_search_twice(search, mlflow_server, 
 @pytest.fixture(scope="module")
 def fifo_twice(ray_session, mlflow_server, tmp_path_factory):
     """The same FIFO search twice, 2 trials at a time with search.tell_in_order, keeping no models: each run's
-    outcome and trials in start order (see :func:`_trials_in_order`)."""
+    trials in start order, best trial and value (:func:`_trials_in_order`)."""
     storage = tmp_path_factory.mktemp("fifo")
     runs = []
     for attempt in range(2):
@@ -204,8 +204,7 @@ def fifo_twice(ray_session, mlflow_server, tmp_path_factory):
         raw["search"]["tell_in_order"] = True
         raw["scheduler"]["type"] = "fifo"
         raw["tracking"]["log_models"] = "none"
-        outcome = run_search(parse_config(raw), storage=str(storage))
-        runs.append((outcome, _trials_in_order(outcome, mlflow_server)))
+        runs.append(_trials_in_order(run_search(parse_config(raw), storage=str(storage)), mlflow_server))
     return runs
 
 
@@ -213,7 +212,7 @@ def test_fifo_with_ordered_telling_gives_the_same_search_twice(fifo_twice):
     """FIFO with search.tell_in_order and 2 trials at a time: the same trials and the same best trial twice. (With 4
     trials TPE is still in its random startup phase, so this mostly checks that ordered telling runs under Tune; its
     logic is checked in tests/test_searcher.py.)"""
-    (_, (first, best_first, value_first)), (_, (second, best_second, value_second)) = fifo_twice
+    (first, best_first, value_first), (second, best_second, value_second) = fifo_twice
     assert len(first) == 4 and sorted(map(str, first)) == sorted(map(str, second))
     assert best_first == best_second and value_first == value_second
 
