@@ -19,11 +19,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.leaderboard import find_search_run
-from tests.conftest import MlflowServer
 from tests.test_resilience import children, output_of, slow_config, start_hps as start_hps_with_env, wait_until
 
 pytestmark = pytest.mark.slow
-Server = MlflowServer  # a server of a test's own (tests/test_predict_model_choice.py damages its stored files)
 
 
 def start_hps(*args: str, cwd: Path, tmpdir: Path):

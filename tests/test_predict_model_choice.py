@@ -1,9 +1,9 @@
 """`hps predict NAME` predicts with the model `hps evaluate` tested, or fails in one line; it never falls back to
 another model (the best trial's raw model in place of a refit or an ensemble) when that copy cannot be fetched.
 
-A real `mlflow server` with proxied artifacts; the search's runs are laid out as `hps run` + `hps evaluate` leave
-them (a trial's raw model, the tested model on the parent run), and the server's stored copy is damaged or
-removed on disk.
+The session's real `mlflow server` with proxied artifacts; the search's runs are laid out as `hps run` +
+`hps evaluate` leave them (a trial's raw model, the tested model on the parent run), and the server's stored copy
+is damaged or removed on disk.
 """
 
 from __future__ import annotations
@@ -21,18 +21,16 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from tests.fabricate import predictions_of, save_regressor
-from tests.test_outage import Server
+from tests.conftest import MlflowServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `mlflow server` whose artifact folder the tests can reach (to damage a stored copy)."""
-    server = Server(tmp_path_factory.mktemp("predict-server"))
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture
+def server(mlflow_control):
+    """The session's real `mlflow server`, whose artifact folder the tests can reach: each test damages only the
+    stored copy of its own search (an experiment of its own), which no other test reads."""
+    return mlflow_control
 
 
 @pytest.fixture
@@ -64,7 +62,7 @@ def evaluated_search(server, tmp_path, monkeypatch, request):
 @dataclass
 class Search:
     name: str
-    server: Server
+    server: MlflowServer
     client: MlflowClient
     parent: str
     stored: Path  # the server's copy of the tested model, on its disk
