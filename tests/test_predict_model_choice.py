@@ -27,15 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def server(mlflow_control):
-    """The session's real `mlflow server`, whose artifact folder the tests can reach: each test damages only the
-    stored copy of its own search (an experiment of its own), which no other test reads."""
-    return mlflow_control
-
-
-@pytest.fixture
-def evaluated_search(server, tmp_path, monkeypatch, request):
-    """A search whose best trial's raw model (A) differs from the model `hps evaluate` tested (B, e.g. a refit)."""
+def evaluated_search(mlflow_control, tmp_path, monkeypatch, request):
+    """A search whose best trial's raw model (A) differs from the model `hps evaluate` tested (B, e.g. a refit), on
+    the session's server, whose artifact folder the tests reach: each test damages only the stored copy of its own
+    search (an experiment of its own), which no other test reads."""
+    server = mlflow_control
     # The damaged copy makes the server answer 500, which MLflow's client retries for minutes by default.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     name = f"chosen-{len(request.node.name)}-{time.time_ns()}"
