@@ -28,6 +28,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -254,10 +255,20 @@ def _hps_run(config: Path, address: str, tracking_uri: str, storage: str, env: d
     )
 
 
+@dataclass(frozen=True)
+class Searched:
+    """The module's search: its name, its storage, its trial runs, its config and the folder it ran in."""
+
+    name: str
+    storage: str
+    children: list
+    config: Path
+    cwd: Path
+
+
 @pytest.fixture(scope="module")
-def searched(cluster, s3_endpoint, mlflow_server, tmp_path_factory):
-    """One search on the two-node cluster, storing in the S3 bucket (in a local folder without moto): (its name,
-    its storage, its trial runs, its config, the folder it ran in)."""
+def searched(cluster, s3_endpoint, mlflow_server, tmp_path_factory) -> Searched:
+    """One search on the two-node cluster, storing in the S3 bucket (in a local folder without moto)."""
     address, _node_ids, _head_id, env = cluster
     name = "multinode-digits"
     cwd = tmp_path_factory.mktemp("multinode")
@@ -267,13 +278,13 @@ def searched(cluster, s3_endpoint, mlflow_server, tmp_path_factory):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert f"{NUM_SAMPLES} trials" in run.stdout
     client = MlflowClient(mlflow_server)
-    return name, storage, trial_runs(client, find_search_run(client, name)), config, cwd
+    return Searched(name, storage, trial_runs(client, find_search_run(client, name)), config, cwd)
 
 
 def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_server(cluster, searched,
                                                                                      mlflow_server):
     _address, node_ids, head_id, _env = cluster
-    _name, _storage, children, _config, cwd = searched
+    children, cwd = searched.children, searched.cwd
     assert len(children) == NUM_SAMPLES
     # Every trial ran on one of the cluster's two nodes, and both nodes ran trials.
     assert {c.data.tags["node_id"] for c in children} == node_ids
@@ -294,8 +305,8 @@ def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_ser
 
 
 def test_the_shared_storage_holds_the_state_of_both_nodes(searched, s3_endpoint):
-    name, storage, children, _config, _cwd = searched
-    trial_ids = {c.data.tags["hps.trial_id"] for c in children}
+    name, storage = searched.name, searched.storage
+    trial_ids = {c.data.tags["hps.trial_id"] for c in searched.children}
     if s3_endpoint is None:
         # The trials of both nodes kept their state in the one shared folder (their checkpoint folders may already
         # be pruned once the model is in MLflow; the trial folders stay).
@@ -317,7 +328,7 @@ def test_the_same_name_in_the_bucket_is_refused_and_overwrite_starts_over(cluste
     if s3_endpoint is None:
         pytest.skip("moto is not installed (pip install -e '.[dev]'): no local S3 server")
     address, _node_ids, _head_id, env = cluster
-    name, storage, _children, config, _cwd = searched
+    name, storage, config = searched.name, searched.storage, searched.config
     # The same name in the same bucket is refused before anything runs (before Ray: `hps run` in this process,
     # with the bucket's credentials), as for a folder; --overwrite starts over. Last in this module: it deletes the
     # search's state.

@@ -192,14 +192,17 @@ def test_one_trial_at_a_time_gives_the_same_search_twice(search, mlflow_server, 
     assert best_first == best_second and value_first == value_second
 
 
+FIFO_NAMES = ("it-repeat-fifo-0", "it-repeat-fifo-1")  # the FIFO search's two runs
+
+
 @pytest.fixture(scope="module")
 def fifo_twice(ray_session, mlflow_server, tmp_path_factory):
     """The same FIFO search twice, 2 trials at a time with search.tell_in_order, keeping no models: each run's
     trials in start order, best trial and value (:func:`_trials_in_order`)."""
     storage = tmp_path_factory.mktemp("fifo")
     runs = []
-    for attempt in range(2):
-        raw = shrink(load_yaml("wine.yaml"), f"it-repeat-fifo-{attempt}", mlflow_server, num_samples=4, max_epochs=3,
+    for name in FIFO_NAMES:
+        raw = shrink(load_yaml("wine.yaml"), name, mlflow_server, num_samples=4, max_epochs=3,
                      max_concurrent=2)
         raw["search"]["tell_in_order"] = True
         raw["scheduler"]["type"] = "fifo"
@@ -225,7 +228,7 @@ def test_a_search_that_kept_no_models_says_so(fifo_twice, mlflow_server, tmp_pat
     from search.cli import main
 
     load_wine(as_frame=True).data.head(3).to_csv(tmp_path / "rows.csv", index=False)
-    name = "it-repeat-fifo-0"
+    name = FIFO_NAMES[0]
     assert main(["predict", name, str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"),
                  "--tracking-uri", mlflow_server]) == 2
     assert "its best trial has no model artifact (was tracking.log_models none?)" in capsys.readouterr().err
