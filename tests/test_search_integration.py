@@ -202,8 +202,7 @@ def fifo_twice(ray_session, mlflow_server, tmp_path_factory):
     storage = tmp_path_factory.mktemp("fifo")
     runs = []
     for name in FIFO_NAMES:
-        raw = shrink(load_yaml("wine.yaml"), name, mlflow_server, num_samples=4, max_epochs=3,
-                     max_concurrent=2)
+        raw = shrink(load_yaml("wine.yaml"), name, mlflow_server, num_samples=4, max_epochs=3, max_concurrent=2)
         raw["search"]["tell_in_order"] = True
         raw["scheduler"]["type"] = "fifo"
         raw["tracking"]["log_models"] = "none"
