@@ -11,9 +11,9 @@ import torch
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.reporting import STOPPED_NO_IMPROVEMENT
-from trainables.packed import CPU_MAX_WIDTH, Pack, _kernel_vector_width, pack_key, width_bucket
+from trainables.packed import CPU_MAX_WIDTH, Pack, pack_key, width_bucket
 from trainables.splitting import split_dataset
-from trainables.train import TrainSettings, train_trial
+from trainables.train import TrainSettings, make_optimizer, train_trial
 
 EPOCHS = 4
 ROWS = 480  # training rows kept: 8 batches of 64 (the last one short), so each epoch takes milliseconds
@@ -53,13 +53,31 @@ def packed(members, data, epochs=EPOCHS, leave=None, **settings):
                 assert pack.remove(member_id)
 
 
-def assert_same_reports(alone, together, rel=1e-5):
+# How close a packed member must stay to its solo run (the module docstring of trainables.packed says why):
+# - float rounding: the pack's batched matmuls and the solo ones reduce in other orders; measured worst relative
+#   difference over these tests 2e-7 on AVX-512, AVX2 and default kernels alike; asked to 1e-5.
+# - amplified rounding (Adam or AdamW before batch norm, where a bias with a true gradient of zero takes full Adam
+#   steps on its rounding noise): two legitimate solo runs, torch's fused and for-loop kernels, already differ by
+#   up to 2e-2 in four epochs here (digits, lr 1e-3 to 1e-2); asked to 5e-2, which a wrong update still misses.
+ROUNDING = {"rel": 1e-5, "abs": 1e-6}
+AMPLIFIED = {"rel": 5e-2, "abs": 2e-2}
+
+
+def tolerance(params: dict) -> dict:
+    """The tolerance class of a configuration (see ROUNDING and AMPLIFIED)."""
+    amplified = params.get("optimizer") in ("adam", "adamw") and params.get("norm") == "batch"
+    return AMPLIFIED if amplified else ROUNDING
+
+
+def assert_same_reports(alone, together, rel=1e-5, abs=1e-6):  # noqa: A002 - pytest.approx's own names
     assert len(alone) == len(together) > 0
     for (expected, expected_snapshot), (got, got_snapshot) in zip(alone, together):
         assert set(expected) == set(got)
         for key, value in expected.items():
             if isinstance(value, float):
-                assert got[key] == pytest.approx(value, rel=rel, abs=1e-6), (key, expected["epoch"])
+                assert got[key] == pytest.approx(value, rel=rel, abs=abs), (key, expected["epoch"])
+            elif key.startswith("best_epoch") and rel > ROUNDING["rel"]:
+                continue  # amplified rounding may move the best epoch between two close epochs
             else:
                 assert got[key] == value, key
         assert (expected_snapshot is None) == (got_snapshot is None)
@@ -69,9 +87,9 @@ BASE = {"n_layers": 2, "units_0": 32, "units_1": 32, "batch_size": 64, "activati
 
 
 @pytest.mark.parametrize("optimizer,norm,activation,widths", [
-    # Batch norm with Adam checks the arithmetic closely: the bias before a batch norm has a true gradient of zero,
-    # and Adam turns its rounding noise into full-size steps (see trainables.packed on widths).
+    # Batch norm with Adam amplifies rounding (see AMPLIFIED): checked loosely; the same with layer norm, tightly.
     ("adam", "batch", "relu", [(32, 32), (24, 32), (32, 24)]),
+    ("adam", "layer", "relu", [(32, 32), (24, 32), (32, 24)]),
     ("adamw", "layer", "gelu", [(32, 32), (20, 27), (17, 32)]),
     ("sgd", "batch", "tanh", [(32, 32), (20, 27), (32, 17)]),
     ("adam", "none", "elu", [(64, 32), (40, 20), (33, 30)]),
@@ -84,7 +102,7 @@ def test_each_member_trains_as_it_would_alone(datasets, optimizer, norm, activat
     # m2 joins two epochs later than the others: its epochs run beside their epochs 3 and 4
     together, _ = packed({"m0": (configs["m0"], 0), "m1": (configs["m1"], 0), "m2": (configs["m2"], 2)}, data)
     for member_id, params in configs.items():
-        assert_same_reports(solo(params, data), together[member_id])
+        assert_same_reports(solo(params, data), together[member_id], **tolerance(params))
 
 
 @pytest.mark.parametrize("source,extra", [("breast_cancer", {}), ("diabetes", {"loss": "huber"})])
@@ -99,7 +117,7 @@ def test_binary_and_regression_members_train_as_alone(datasets, source, extra):
 
 def test_a_member_that_leaves_does_not_change_the_others(datasets):
     data = datasets["digits"]
-    configs = {name: {**BASE, "optimizer": "adam", "norm": "batch", "lr": lr} for name, lr in
+    configs = {name: {**BASE, "optimizer": "adam", "norm": "layer", "lr": lr} for name, lr in
                (("stay", 3e-3), ("go", 1e-2), ("also", 1e-3))}
     together, pack = packed({k: (p, 0) for k, p in configs.items()}, data, leave={"go": 2})
     assert len(together["go"]) == 2 and len(pack) == 0 and not pack.remove("go")
@@ -120,7 +138,9 @@ def test_a_diverging_member_ends_alone(datasets):
 
 def test_a_packed_snapshot_resumes_alone_and_a_solo_snapshot_resumes_packed(datasets, tmp_path):
     data = datasets["digits"]
-    params = {**BASE, "optimizer": "adam", "norm": "batch", "units_1": 24, "lr": 3e-3}
+    # Batch norm (its running statistics travel in the snapshot) with SGD and momentum (its buffer does too), where
+    # rounding is not amplified, so resuming can be compared closely.
+    params = {**BASE, "optimizer": "sgd", "momentum": 0.9, "norm": "batch", "units_1": 24, "lr": 3e-2}
     neighbour = {**params, "lr": 1e-2, "units_1": 32}
     uninterrupted = solo(params, data)
     first_two, _ = packed({"p": (params, 0), "n": (neighbour, 0)}, data, epochs=2)
@@ -164,7 +184,7 @@ def test_a_finished_checkpoint_does_not_join(datasets):
 def test_padded_units_stay_exactly_zero(datasets, norm, activation):
     data = datasets["digits"]
     narrow = {**BASE, "optimizer": "adamw", "norm": norm, "activation": activation, "units_0": 24, "units_1": 24,
-              "weight_decay": 1e-2, "lr": 1e-2}  # whole vectors wide: bit-exact with batch norm too (see trainables.packed)
+              "weight_decay": 1e-2, "lr": 1e-2}
     pack = Pack()
     pack.add("wide", {**narrow, "units_0": 32, "units_1": 32}, data, TrainSettings(max_epochs=3))
     pack.add("narrow", narrow, data, TrainSettings(max_epochs=3))
@@ -176,12 +196,12 @@ def test_padded_units_stay_exactly_zero(datasets, norm, activation):
     for name in ("b0", "g0", "n0") if norm != "none" else ("b0",):
         assert torch.all(pack.params[name].detach()[1, :, 24:] == 0), name
     # and the narrow member computes what it would alone
-    assert_same_reports(solo(narrow, data, epochs=3)[:2], [report for report in pack_reports])
+    assert_same_reports(solo(narrow, data, epochs=3)[:2], pack_reports, **tolerance(narrow))
 
 
 def test_dropout_members_pack_without_disturbing_the_others(datasets):
     data = datasets["digits"]
-    plain = {**BASE, "optimizer": "adam", "norm": "batch", "lr": 3e-3}
+    plain = {**BASE, "optimizer": "adam", "norm": "layer", "lr": 3e-3}
     together, _ = packed({"plain": (plain, 0), "dropout": ({**plain, "dropout": 0.3}, 0)}, data, epochs=3)
     assert_same_reports(solo(plain, data, epochs=3), together["plain"])
     # with dropout, packed and solo agree only statistically (the masks are drawn differently): it is applied
@@ -234,24 +254,49 @@ def test_reports_follow_each_members_settings(datasets):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_the_optimizer_reproduces_torchs_fused_kernel_bit_for_bit(datasets, optimizer):
-    # Asked here, not in a skipif at import: finding the width makes an optimizer, which imports torch._dynamo (~1 s
-    # in every process that collects the tests).
-    if _kernel_vector_width() is None:
-        pytest.skip("torch's fused CPU optimizer kernel is not one we can mirror")
-    # Batch norm's pre-norm bias has a true gradient of zero: Adam turns any rounding difference there into full
-    # steps, so the functional optimizer mirrors torch's kernel bit for bit, the scalar loop over the last elements
-    # of each tensor (here the 10 output biases) included.
+def test_the_pack_steps_each_member_as_torch_optim_would(datasets, optimizer):
+    # One optimizer step of three members with their own coefficients, from the same weights and gradients, against
+    # torch.optim's own optimizer (the for-loop kernel, the algorithm the pack writes out) on each member alone.
+    # Twenty steps, so that bias corrections, momentum and weight decay all matter; compared to float rounding.
     data = datasets["digits"]
-    params = {**BASE, "optimizer": optimizer, "norm": "batch", "lr": 1e-2, "weight_decay": 1e-3, "momentum": 0.9}
+    base = {**BASE, "optimizer": optimizer, "norm": "batch", "units_1": 24}
+    hyper = [{"lr": 1e-2, "weight_decay": 1e-3, "momentum": 0.9}, {"lr": 3e-3}, {"lr": 1e-1, "weight_decay": 1e-2}]
+    configs = [{**base, **h} for h in hyper]
     pack = Pack()
-    pack.add("a", params, data, TrainSettings(max_epochs=3))
-    pack.add("b", {**params, "lr": 3e-3, "units_1": 24}, data, TrainSettings(max_epochs=3))
-    pack.step()
-    pack.step()
-    alone = solo(params, data, epochs=2)[-1][1].state["model"]
-    together = pack.member_weights(0)
-    assert all(torch.equal(together[key], alone[key]) for key in alone), optimizer
+    for index, params in enumerate(configs):
+        pack.add(index, params, data, TrainSettings(max_epochs=3))
+    alone = []
+    for index, params in enumerate(configs):
+        model = copy.deepcopy(pack.members[index].model)
+        model.load_state_dict(pack.member_weights(index))
+        reference = make_optimizer(params, model)
+        for group in reference.param_groups:
+            group["fused"], group["foreach"] = False, False
+        alone.append((model, reference))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        pack.flat.grad = torch.randn(pack.flat.shape, generator=generator)
+        for index, (model, reference) in enumerate(alone):
+            # each member's gradient, as its solo model would hold it (padded entries are never read)
+            grads = _solo_grads(pack, index, pack.flat.grad[index])
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            reference.step()
+        pack._optimizer_step()  # noqa: SLF001 - the step under test
+    for index, (model, _) in enumerate(alone):
+        together = pack.member_weights(index)
+        for key, tensor in model.state_dict().items():
+            assert torch.allclose(together[key].float(), tensor.float(), rtol=1e-5, atol=1e-6), (optimizer, index, key)
+
+
+def _solo_grads(pack, index, row):
+    """A pack row (one member's flat gradient) in its solo model's parameter shapes."""
+    from trainables.packed import _unpadded  # noqa: PLC0415 - the inverse of how the pack lays a member out
+
+    member = pack.members[index]
+    return [_unpadded(row[start : start + size].view(stacked), p.shape, transpose).contiguous()
+            for (name, (_, transpose)), p in zip(pack.layout.items(), member.model.parameters())
+            for start, size, stacked in [pack.offsets[name]]]
 
 
 def test_a_member_out_of_patience_stops_alone_as_it_would_alone(datasets):

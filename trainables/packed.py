@@ -30,16 +30,17 @@ dominates (0.9x at 256-512), so on a CPU a layer wider than :data:`CPU_MAX_WIDTH
 MLPs are dispatch-bound at every width, so everything packs there. A pack of one is slower than training alone
 (about 0.6x here): pack only where there is more than one member.
 
-Exactness (CPU, no dropout): a member's per-epoch metrics equal its solo trial's to float rounding (tests compare
-to 1e-5 relative; most agree to ~1e-7). The functional optimizer mirrors torch's fused CPU Adam/AdamW/SGD kernels
-operation by operation, so an unpadded member's weights stay bit-equal to solo training. That matters with Adam and
-batch norm: the bias before a batch norm has a true gradient of zero, and Adam turns its rounding noise into
-full-size steps, so any rounding difference grows to ~1e-3 in the metrics within an epoch (as it does between two
-solo runs with different thread counts). Padded members keep bit-equality where their widths are multiples of the
-CPU kernels' vector width (8 here); a padded batch-norm layer of another width (e.g. 20 in a 32 bucket) rounds
-differently in batch norm's backward pass, so with Adam such a member agrees with its solo run only to ~1e-3. Layer
-norm, no norm, and SGD do not amplify rounding: those agree to ~1e-7 at any width. On CUDA nothing is claimed
-beyond float rounding (neither are solo CUDA runs reproducible bit for bit).
+Exactness (no dropout): a member computes what its solo trial computes, up to float32 rounding, on any CPU or GPU.
+Nothing mirrors one build's kernels: the pack's batched matmuls reduce in other orders than the solo ones, and its
+optimizer is torch's single-tensor (for-loop) algorithm written out once for all members, where a solo trial runs
+torch's fused kernel; torch's own kernels differ from each other by the same rounding. How far that rounding goes
+depends on the configuration (measured on AVX-512, AVX2 and default kernels, tests/test_packed.py):
+
+- everything but the case below: per-epoch metrics agree to ~2e-7 relative (the tests ask 1e-5);
+- Adam or AdamW with batch norm: the bias before a batch norm has a true gradient of zero, and Adam rescales its
+  rounding noise into full-size steps, so any rounding difference grows. Two solo runs that differ only in torch's
+  optimizer kernel (fused vs for-loop) already differ by up to 2e-2 in their metrics within four epochs; a packed
+  member differs from its solo run by as much, no more (the tests ask 5e-2).
 
 Members never couple: the pack's loss is the sum of the members' losses (each member's gradient is its own), nothing
 is clipped or scaled jointly, and a member whose training loss stops being finite is reported diverged and leaves
@@ -51,7 +52,6 @@ dropout 0 is unaffected by its neighbours' dropout.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import math
 from collections.abc import Hashable, Sequence
@@ -180,7 +180,7 @@ class Pack:
     def _clear(self) -> None:
         self.key, self.tensors, self.data = None, None, None
         # Every member's parameters in one row of one leaf [M, P] (see params for their shapes), so that the
-        # optimizer steps all of them in a handful of operations; its state in rows alike, plus "tail" (see _tail_mask).
+        # optimizer steps all of them in a handful of operations; its state in rows alike.
         self.flat: torch.Tensor | None = None
         self.state: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}  # batch-norm running statistics, [M, width]
@@ -280,13 +280,12 @@ class Pack:
         """Append a member's parameters, optimizer state, statistics and coefficients to the stacks."""
         model, optimizer = member.model, member.optimizer
         row: list[torch.Tensor] = []
-        state_rows: dict[str, list[torch.Tensor]] = {n: [] for n in (*_MOMENTS[self.optimizer_name], "tail")}
+        state_rows: dict[str, list[torch.Tensor]] = {n: [] for n in _MOMENTS[self.optimizer_name]}
         for (shape, transpose), p in zip(self.layout.values(), model.parameters()):
             row.append(_padded(p.detach(), shape, transpose).reshape(-1))
             state = optimizer.state.get(p, {})
             for n in _MOMENTS[self.optimizer_name]:
                 state_rows[n].append((_padded(state[n], shape, transpose) if n in state else torch.zeros(shape)).reshape(-1))
-            state_rows["tail"].append(_padded(_tail_mask(p, self.device), shape, transpose).reshape(-1))
         norms = [m for m in model if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm))]
         new_buffers = {}
         for layer, norm in enumerate(norms):
@@ -307,7 +306,6 @@ class Pack:
         append = lambda old, new: new.to(self.device) if old is None else torch.cat([old, new.to(self.device)])  # noqa: E731
         self.flat = append(None if self.flat is None else self.flat.detach(), torch.cat(row)[None]).requires_grad_()
         self.state = {n: append(self.state.get(n), torch.cat(rows)[None]) for n, rows in state_rows.items()}
-        self.state["tail"] = self.state["tail"].bool()
         self.buffers = {k: append(self.buffers.get(k), t.unsqueeze(0) if k != "nbt" else t)
                         for k, t in new_buffers.items()}
         self.coef = {k: append(self.coef.get(k), t) for k, t in coef_tensors.items()}
@@ -330,16 +328,6 @@ class Pack:
         # trainables.names.ACTIVATIONS) keeps it zero without a mask; one that is not (a sigmoid) is masked.
         self.mask_activations = float(self.activation(torch.zeros(1))) != 0.0
         self.any_decay = bool((self.coef["wd"] != 0).any())
-        # Padded members by true width, per layer, where summing a bias gradient over the true width only makes it
-        # bit-equal to the solo one (see _PaddedLinear): widths that fill whole vectors of the CPU kernels. Other
-        # widths differ from solo training by rounding in batch norm's backward pass anyway.
-        vector = _kernel_vector_width() if self.device.type == "cpu" else None
-        self.width_groups = []
-        for layer, pad in enumerate(self.widths):
-            true = self.coef[f"width{layer}"]
-            widths = [int(w) for w in true.unique() if vector and int(w) < pad and int(w) % vector == 0]
-            self.width_groups.append([(w, true == w) for w in widths] or None)
-        self.tail = self.state["tail"] if bool(self.state["tail"].any()) else None
         self.any_dropout = bool((self.coef["dropout"] > 0).any())
         self.keep = (1.0 - self.coef["dropout"]).float()
         self.coef32 = {k: v.float() for k, v in self.coef.items()}
@@ -422,8 +410,6 @@ class Pack:
             mask = self.masks[layer]
             if h.dim() == 2:  # validation: every member sees the same rows
                 h = torch.matmul(h, w) + b
-            elif self.width_groups[layer] is not None and self.norm == "batch":
-                h = _PaddedLinear.apply(h, w, b, self.width_groups[layer])
             else:
                 h = torch.baddbmm(b, h, w)
             if self.norm == "batch":
@@ -465,22 +451,15 @@ class Pack:
     @torch.no_grad()
     def _optimizer_step(self) -> None:
         """torch.optim.Adam / AdamW / SGD's update, every member with its own coefficients ([M, 1, 1])."""
-        c, r = self.coef, self.rows
+        c, r, p, grad, state = self.coef, self.rows, self.flat, self.flat.grad, self.state
         c["step"] += 1
-        # torch's fused CPU kernels' arithmetic (aten/src/ATen/native/cpu/Fused{SGD,Adam}Kernel.cpp), operation by
-        # operation, fused multiply-adds included (addcmul and lerp are fused the same way): a member's weights
-        # then stay the same bits as alone, which matters where Adam normalizes a gradient of pure rounding noise
-        # (a bias before batch norm) into a full step.
-        p, grad, state, tail = self.flat, self.flat.grad, self.state, self.tail
+        # torch's single-tensor (for-loop) algorithm, written once for all members. It rounds a little differently
+        # from the fused kernel a solo trial uses (as torch's own foreach and fused kernels differ from each other):
+        # see the module docstring on what that means for exactness.
         if self.optimizer_name == "sgd":
             if self.any_decay:
-                grad = torch.addcmul(grad, p, r["wd"])
-            buf = state["momentum_buffer"]
-            if tail is not None:  # the kernel's scalar loop fuses buf * momentum + grad into one rounding
-                buf = state["momentum_buffer"] = torch.where(tail, torch.addcmul(grad, buf, r["momentum"]),
-                                                             buf.mul(r["momentum"]).add_(grad))
-            else:
-                buf.mul_(r["momentum"]).add_(grad)  # a zero buffer's first step is grad itself, as torch's
+                grad = grad.addcmul(p, r["wd"])
+            buf = state["momentum_buffer"].mul_(r["momentum"]).add_(grad)  # a zero buffer's first step is grad itself
             p.addcmul_(buf, r["neg_lr"])
             return
         # Bias corrections from each member's own step count, in double precision, as torch computes them.
@@ -491,19 +470,10 @@ class Pack:
             if self.optimizer_name == "adamw":
                 p.mul_(r["decay"])
             else:
-                grad = torch.addcmul(grad, p, r["wd"])
+                grad = grad.addcmul(p, r["wd"])
         exp_avg = state["exp_avg"].lerp_(grad, r["one_minus_beta1"])
-        scaled = r["one_minus_beta2"] * grad
-        if tail is not None:  # the kernel's scalar loop rounds (1 - beta2) * grad * grad, fuses the rest
-            exp_avg_sq = state["exp_avg_sq"] = torch.where(
-                tail, torch.addcmul(scaled * grad, state["exp_avg_sq"], r["beta2"]),
-                torch.addcmul(state["exp_avg_sq"] * r["beta2"], scaled, grad))
-        else:
-            exp_avg_sq = state["exp_avg_sq"].mul_(r["beta2"]).addcmul_(scaled, grad)
-        # Through double precision: correctly rounded as the fused kernel's, where float sqrt goes through a vector
-        # math library that is 1 ulp off now and then.
-        root = exp_avg_sq.double().sqrt().float() if self.device.type == "cpu" else exp_avg_sq.sqrt()
-        denom = (root / correction2).add_(r["eps"])
+        exp_avg_sq = state["exp_avg_sq"].mul_(r["beta2"]).addcmul_(r["one_minus_beta2"] * grad, grad)
+        denom = (exp_avg_sq.sqrt() / correction2).add_(r["eps"])
         p.sub_(step_size * exp_avg / denom)
 
     def _evaluate(self) -> list[dict | None]:
@@ -562,30 +532,6 @@ class Pack:
         return optimizer.state_dict()
 
 
-class _PaddedLinear(torch.autograd.Function):
-    """``torch.baddbmm(b, x, w)`` whose bias gradient is summed over each member's true width only, as its solo
-    nn.Linear sums it. Padding changes how torch's column sums round; that matters for a bias followed by batch
-    norm, whose true gradient is zero: Adam turns the rounding noise into full steps, and different noise would
-    send the member on a different path than alone."""
-
-    @staticmethod
-    def forward(ctx, x, w, b, groups):  # noqa: D102 - see the class docstring
-        ctx.save_for_backward(x, w)
-        ctx.groups = groups
-        return torch.baddbmm(b, x, w)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102 - autograd's baddbmm backward, bias aside
-        x, w = ctx.saved_tensors
-        grad_x = grad.bmm(w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_w = x.transpose(1, 2).bmm(grad)
-        grad_b = grad.sum(dim=1, keepdim=True)
-        for width, members in ctx.groups:
-            sums = grad[:, :, :width].sum(dim=1, keepdim=True)
-            grad_b[:, :, :width] = torch.where(members, sums, grad_b[:, :, :width])
-        return grad_x, grad_w, grad_b, None
-
-
 def _state_entries(model: nn.Sequential, layout: list) -> list[tuple[str, tuple]]:
     """For each entry of ``model.state_dict()``, in its order: where the pack keeps it (see Pack.member_weights)."""
     entries, names, bn_layer = [], iter(layout), 0
@@ -600,41 +546,6 @@ def _state_entries(model: nn.Sequential, layout: list) -> list[tuple[str, tuple]
                         (f"{index}.num_batches_tracked", ("nbt", bn_layer, False, ()))]
             bn_layer += 1
     return entries
-
-
-def _tail_mask(p: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Which elements of a solo parameter ``p`` torch's fused CPU optimizer kernels update in their scalar loop
-    (the last ``numel % vector width``), where the compiler fuses the arithmetic differently from the vector loop."""
-    width = _kernel_vector_width() if device.type == "cpu" else None
-    flat = torch.arange(p.numel())
-    tail = flat >= p.numel() - (p.numel() % width) if width else torch.zeros_like(flat, dtype=torch.bool)
-    return tail.view(p.shape)
-
-
-@functools.cache
-def _kernel_vector_width() -> int | None:
-    """The vector width (in floats) of this torch build's fused CPU Adam kernel, found by matching its results bit for
-    bit (it depends on the CPU features the build dispatches to); None when no width matches."""
-    generator = torch.Generator().manual_seed(0)
-    n = 37
-    start = torch.randn(n, generator=generator)
-    grads = [torch.randn(n, generator=generator) * scale for scale in (1.0, 0.5, 1e-3, 2.0, 1.0)]
-    p = start.clone().requires_grad_()
-    optimizer = torch.optim.Adam([p], lr=1e-2, fused=True)
-    for grad in grads:
-        p.grad = grad.clone()
-        optimizer.step()
-    expected = optimizer.state[p]["exp_avg_sq"]
-    f32 = lambda x: torch.tensor(x, dtype=torch.float64).float()  # noqa: E731
-    b2, c2 = f32(0.999), f32(1 - 0.999)
-    for width in (8, 16, 4, 32):
-        tail = torch.arange(n) >= n - n % width
-        v = torch.zeros(n)
-        for grad in grads:
-            v = torch.where(tail, torch.addcmul(c2 * grad * grad, v, b2), torch.addcmul(v * b2, c2 * grad, grad))
-        if torch.equal(v, expected):
-            return width
-    return None
 
 
 _MOMENTS = {"adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
