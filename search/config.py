@@ -484,6 +484,11 @@ class HpsConfig(_Strict):
 
     @model_validator(mode="after")
     def _packs_need_one_split(self) -> HpsConfig:
+        share = self.resources.cpus_per_trial / self.resources.pack
+        if self.resources.pack > 1 and share < 0.0001:
+            raise ValueError(f"resources.cpus_per_trial / resources.pack = {share:g}: each packed trial holds that "
+                             "share of a CPU, and Ray counts CPUs in steps of 0.0001 (raise cpus_per_trial or lower "
+                             "pack)")
         if self.resources.pack > 1 and self.data.split.folds:
             raise ValueError(f"resources.pack: {self.resources.pack} cannot go with data.split.folds: "
                              f"{self.data.split.folds}: a cross-validated trial trains a model per fold (set pack: 1)")

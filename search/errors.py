@@ -39,10 +39,15 @@ class SearchInterrupted(RuntimeError):
     """The search was stopped (Ctrl-C) before every trial ended; it can be resumed."""
 
 
+class ClusterTooSmall(ValueError):
+    """The Ray cluster cannot hold what the search asks for (its pack servers' CPUs or GPUs)."""
+
+
 class TrackingBacklog(RuntimeError):
     """The search finished but MLflow writes are still pending (tracking server down)."""
 
 
 USER_ERRORS = (
     ConfigError, DataError, TrackingError, StorageError, SearchExists, SearchNotFound, AlreadyEvaluated, ModelNotFound,
+    ClusterTooSmall,
 )

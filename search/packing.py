@@ -28,6 +28,7 @@ import uuid
 import ray
 from ray import tune
 
+from search.errors import ClusterTooSmall, SearchFailed
 from search.packed_trial import packed_trial
 from trainables.settings import TrainSettings
 
@@ -35,6 +36,8 @@ from trainables.settings import TrainSettings
 SERVER_RESTARTS = 100
 # A server answers many blocked `next_epochs` calls at once (one per member): Ray's threaded actor concurrency.
 MAX_CALLS = 1000
+# How long the servers may take to start (a worker process, PyTorch's import, the data) before the search gives up.
+SERVER_START_S = 180.0
 
 
 def server_names(slots: int) -> tuple[str, ...]:
@@ -52,7 +55,11 @@ def pack_slots(max_concurrent: int, pack: int) -> int:
 class PackServers:
     """The pack servers of one search, started before Tune and killed after it (a context manager giving their
     names). Each holds the GPU share a trial would; Ray's logical CPUs stay with the trials (``cpus_per_trial /
-    pack`` each), so a slot's CPUs are accounted once. A server trains with ``settings.num_threads`` threads."""
+    pack`` each), so a slot's CPUs are accounted once. A server trains with ``settings.num_threads`` threads.
+
+    Servers start only where they fit: the cluster's CPUs and GPUs are counted first (:func:`check_servers_fit`),
+    and every server must be up within SERVER_START_S before any trial starts (trials then find their server
+    waiting, instead of 16 trial processes and the servers all starting at once on a small machine)."""
 
     def __init__(self, names: tuple[str, ...], data, settings: TrainSettings, pack_size: int, gpus: float) -> None:
         if isinstance(data, list | tuple):  # one validation split (packing refuses folds)
@@ -70,6 +77,20 @@ class PackServers:
             options = {"name": name, "num_cpus": 0, "num_gpus": gpus, "max_concurrency": MAX_CALLS,
                        "scheduling_strategy": "SPREAD", "max_restarts": SERVER_RESTARTS}
             self.handles.append(ray.remote(PackServer).options(**options).remote(self.data_ref, settings, pack_size))
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        pending = [handle.ready.remote() for handle in self.handles]
+        up, late = ray.wait(pending, num_returns=len(pending), timeout=SERVER_START_S)
+        try:
+            ray.get(up)
+        except ray.exceptions.RayError as exc:
+            self.__exit__()
+            raise SearchFailed(f"a pack server could not start: {_last_line(exc)}") from None
+        if late:
+            self.__exit__()
+            raise SearchFailed(f"{len(late)} of {len(pending)} pack servers did not start within {SERVER_START_S:.0f} "
+                               "s (does the cluster have the resources they ask for?)")
 
     def __enter__(self) -> tuple[str, ...]:
         return self.names
@@ -78,6 +99,24 @@ class PackServers:
         for handle in self.handles:
             ray.kill(handle)
         self.data_ref = None
+
+
+def check_servers_fit(slots: int, cpus_per_trial: float, gpus_per_trial: float, cluster: dict) -> None:
+    """Refuse, in one line, pack servers the cluster cannot hold: ``slots`` servers each train with
+    ``cpus_per_trial`` threads and hold ``gpus_per_trial`` GPU. ``cluster`` is Ray's ``cluster_resources()``."""
+    fits = []
+    for name, need, unit in (("CPU", cpus_per_trial, "cpus_per_trial"), ("GPU", gpus_per_trial, "gpus_per_trial")):
+        have = float(cluster.get(name, 0.0))
+        if need > 0 and slots * need > have + 1e-9:
+            fits.append(f"{slots} x {unit} {need:g} = {slots * need:g} {name}s, the cluster has {have:g}")
+    if fits:
+        raise ClusterTooSmall(f"resources: {slots} pack servers (search.max_concurrent / resources.pack) need "
+                              f"{'; '.join(fits)}: lower search.max_concurrent or raise resources.pack")
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def packed_trainable(settings: TrainSettings, servers: tuple[str, ...], cpus_per_trial: float, pack: int):
@@ -104,6 +143,11 @@ class PackRelease(tune.Callback):
         self._release(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial.trial_id)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        # A trial Tune retries fails without on_trial_error: its old place must be freed, or its ghost would train
+        # on (and hold its pack at rungs) beside the retry.
         self._release(trial.trial_id)
 
     def _release(self, trial_id: str) -> None:

@@ -17,7 +17,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig
-from search.packing import PackRelease, PackServers, pack_slots, packed_trainable, server_names
+from search.packing import (
+    PackRelease,
+    PackServers,
+    check_servers_fit,
+    pack_slots,
+    packed_trainable,
+    server_names,
+)
 from search.pareto import searcher_objectives
 from search.searcher import PruningAwareOptunaSearch, make_sampler
 from search.space import define_by_run
@@ -125,8 +132,10 @@ def pack_servers(cfg: HpsConfig, data):
     1), else None."""
     if cfg.resources.pack == 1:
         return contextlib.nullcontext(None)
-    names = server_names(pack_slots(cfg.search.max_concurrent, cfg.resources.pack))
-    return PackServers(names, data, train_settings(cfg), cfg.resources.pack, cfg.resources.gpus_per_trial)
+    slots = pack_slots(cfg.search.max_concurrent, cfg.resources.pack)
+    check_servers_fit(slots, cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial, ray.cluster_resources())
+    return PackServers(server_names(slots), data, train_settings(cfg), cfg.resources.pack,
+                       cfg.resources.gpus_per_trial)
 
 
 def asha_rungs(cfg: HpsConfig) -> frozenset[int]:

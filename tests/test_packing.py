@@ -115,6 +115,10 @@ def test_packing_refuses_folds_and_compile(mlflow_server):
     raw["training"]["compile"] = True
     with pytest.raises(ConfigError, match="resources.pack"):
         parse_config(raw)
+    raw = packed_config("bad", mlflow_server)
+    raw["resources"].update(cpus_per_trial=0.001, pack=16)  # a packed trial's share below Ray's 0.0001 step
+    with pytest.raises(ConfigError, match="steps of 0.0001"):
+        parse_config(raw)
 
 
 def pack_server_pids(holding_trials: bool = False) -> list[int]:

@@ -225,19 +225,34 @@ class Pack:
         index = next((i for i, m in enumerate(self.members) if m.member_id == member_id), None)
         if index is None:
             return False
-        keep = [i for i in range(len(self.members)) if i != index]
-        del self.members[index]
-        if not self.members:
+        self._keep([i for i in range(len(self.members)) if i != index])
+        return True
+
+    def split(self) -> Pack:
+        """Move the second half of the members, with their exact state, into a new pack and return it (a pack that
+        ran out of memory goes on as two). Each member then trains on as it would have in the whole pack."""
+        if len(self.members) < 2:
+            raise ValueError("a pack of fewer than two members cannot split")
+        half = len(self.members) // 2
+        other = copy.copy(self)  # shares the data, layout and loss; _keep gives it its own rows of everything else
+        other._keep(list(range(half, len(self.members))))  # noqa: SLF001 - a Pack of this class
+        self._keep(list(range(half)))
+        return other
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only the members at ``rows`` (in that order), with their parameters, state and coefficients."""
+        if not rows:
+            self.members = []
             self._clear()
-            return True
-        rows = torch.tensor(keep, device=self.device)
-        pick = lambda t: t.index_select(0, rows)  # noqa: E731
+            return
+        self.members = [self.members[i] for i in rows]
+        index = torch.tensor(rows, device=self.device)
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
         self.flat = pick(self.flat.detach()).requires_grad_()
         self.state = {k: pick(v) for k, v in self.state.items()}
         self.buffers = {k: pick(v) for k, v in self.buffers.items()}
         self.coef = {k: pick(v) for k, v in self.coef.items()}
         self._update_masks()
-        return True
 
     def _start(self, key: tuple, data: TrialData, arch: Architecture, loss_fn: nn.Module) -> None:
         """Set the pack's shape from its first member: data, padded widths, layer layout."""
@@ -347,8 +362,18 @@ class Pack:
         trial (finished, out of patience or diverged) have left the pack when this returns."""
         if not self.members:
             return {}
-        train_losses = self._train_epoch()
-        evaluations = self._evaluate()
+        # An epoch that fails half-way (out of memory, say) leaves every member as it was before it: the stacks are
+        # copied first (small beside the epoch's activations) and put back, so the caller may split and go on.
+        before = (self.flat.detach().clone(), {k: v.clone() for k, v in self.state.items()},
+                  {k: v.clone() for k, v in self.buffers.items()}, {k: v.clone() for k, v in self.coef.items()})
+        try:
+            train_losses = self._train_epoch()
+            evaluations = self._evaluate()
+        except BaseException:
+            flat, self.state, self.buffers, self.coef = before
+            self.flat = flat.requires_grad_()
+            self._update_masks()
+            raise
         results, ended = {}, []
         for index, member in enumerate(self.members):
             epoch, train_loss, evaluation = member.epoch, train_losses[index], evaluations[index]
