@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import ray
 import torch
 
-from search.packed_trial import JOIN_WAIT_S, POLL_S, read_files, write_files
+from search.packed_trial import FULL, JOIN_WAIT_S, POLL_S, read_files, write_files
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.device import trial_device
 from trainables.packed import Pack, pack_key
@@ -113,6 +113,15 @@ class PackServer:
         """The server's process (what an operator, or a test, signals)."""
         return os.getpid()
 
+    def status(self) -> dict:
+        """What the server holds now (for operators and benchmarks): its packs' sizes, and per member the epochs
+        waiting to be collected, whether it waits at a decision epoch, why it left, seconds since its trial's word."""
+        now = time.monotonic()
+        with self.cond:
+            return {"slots": [len(s.ids) for s in self.slots],
+                    "members": {i: {"queued": len(m.queue), "held": m.held, "gone": m.gone,
+                                    "silent_s": round(now - m.seen, 1)} for i, m in self.members.items()}}
+
     def load(self, params: dict) -> tuple[int, int]:
         """How well a configuration fits here: (0 if a pack of its kind has room else 1, members held)."""
         key = pack_key(params, self.data, self.device)
@@ -120,14 +129,22 @@ class PackServer:
             room = key is not None and any(s.key == key and len(s.ids) < self._cap(key) for s in self.slots)
             return (0 if room else 1, len(self.members) + len(self.changes))
 
-    def join(self, member_id: str, params: dict, resume: dict[str, bytes] | None) -> dict | None:
+    def join(self, member_id: str, params: dict, resume: dict[str, bytes] | None,
+             only_if_room: bool = False) -> dict | str | None:
         """Add a member (a retried trial replaces its earlier self), from its checkpoint's files if any. Returns
-        where it trains, or None when it has no epoch left. A configuration that cannot train here raises, and so
-        does a join the training thread has not taken up within JOIN_WAIT_S."""
+        where it trains, or None when it has no epoch left; with ``only_if_room``, :data:`FULL` (and nothing added)
+        when the server already holds a pack's worth of trials. A configuration that cannot train here raises, and
+        so does a join the training thread has not taken up within JOIN_WAIT_S."""
         outcome: dict = {}
         done = threading.Event()
         with self.cond:
             self._check_trainer()
+            # Counted here, under the lock, with the joins not yet applied: trials that chose this server at the same
+            # moment (all of a search's first trials do) cannot crowd it while another server stays empty.
+            others = sum(1 for i, m in self.members.items() if m.gone is None and i != member_id)
+            others += sum(1 for change in self.changes if change[0] == "join" and change[1] != member_id)
+            if only_if_room and others >= self.pack_size:
+                return FULL
             self.changes.append(("join", member_id, params, resume, (done, outcome)))
             self.cond.notify_all()
         deadline = time.monotonic() + JOIN_WAIT_S

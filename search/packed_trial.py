@@ -5,6 +5,7 @@ hold almost no memory. The training happens in the search's pack servers (:mod:`
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -21,6 +22,10 @@ JOIN_WAIT_S = 300.0
 CALL_SLACK_S = 30.0
 LOAD_TIMEOUT_S = 60.0  # for every server's `load` answer when a trial chooses one
 HEARTBEAT_S = 10.0  # well under the server's eviction delay (search.pack_server.EVICT_AFTER_S)
+FULL = "full"  # a server's answer to a join it has no room for
+# A packed trial's process runs at this niceness (Ray starts workers at 15, the pack servers stay there): when the CPU
+# is short, the servers train first, and the many trial processes relay their results and start up in what is left.
+NICENESS = 19
 
 
 def read_files(directory: str | Path) -> dict[str, bytes]:
@@ -48,8 +53,15 @@ def packed_trial(config: dict, report_interval_s: float, decision_epochs: frozen
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = read_files(directory)
-    server = _best_server([ray.get_actor(name) for name in servers], config, trial_id)
-    placement = _answer(server.join.remote(trial_id, config, resume), JOIN_WAIT_S + CALL_SLACK_S, "take it in")
+    # Below the pack servers for the CPU: a trial process only relays what its server trains (see NICENESS).
+    os.nice(max(0, NICENESS - os.nice(0)))
+    ranked = _servers_by_fit([ray.get_actor(name) for name in servers], config, trial_id)
+    for index, server in enumerate(ranked):
+        # A server holding a pack's worth of trials already says so, and the next one is asked; the last takes it.
+        placement = _answer(server.join.remote(trial_id, config, resume, only_if_room=index < len(ranked) - 1),
+                            JOIN_WAIT_S + CALL_SLACK_S, "take it in")
+        if placement != FULL:
+            break
     if placement is None:
         return  # restored after its last epoch: nothing left to train
 
@@ -76,10 +88,10 @@ def packed_trial(config: dict, report_interval_s: float, decision_epochs: frozen
         alive.set()
 
 
-def _best_server(handles: list, config: dict, trial_id: str):
-    """The server that fits ``config`` best among those that answer within LOAD_TIMEOUT_S: a pack of its kind with
-    room, then the fewest members; ties broken by the trial's own hash, so trials that start together spread over
-    empty servers instead of all choosing the first."""
+def _servers_by_fit(handles: list, config: dict, trial_id: str) -> list:
+    """The servers that answer within LOAD_TIMEOUT_S, best fit for ``config`` first: a pack of its kind with room,
+    then the fewest members; ties broken by the trial's own hash, so trials that start together spread over empty
+    servers instead of all choosing the first."""
     asked = {handle.load.remote(config): handle for handle in handles}
     answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LOAD_TIMEOUT_S)
     loads = []
@@ -91,8 +103,7 @@ def _best_server(handles: list, config: dict, trial_id: str):
     if not loads:
         raise RuntimeError(f"none of the search's {len(handles)} pack servers answered within {LOAD_TIMEOUT_S:.0f} s")
     spread = hash(trial_id)
-    _, index = min(loads, key=lambda pair: (pair[0], (spread + pair[1]) % len(handles)))
-    return handles[index]
+    return [handles[index] for _, index in sorted(loads, key=lambda pair: (pair[0], (spread + pair[1]) % len(handles)))]
 
 
 def _answer(ref, timeout_s: float, what: str):

@@ -16,7 +16,7 @@ import torch
 
 from search.errors import ClusterTooSmall
 from search.pack_server import PackServer
-from search.packed_trial import _answer, _best_server
+from search.packed_trial import _answer, _servers_by_fit
 from search.packing import PackRelease, check_servers_fit
 from trainables.reporting import is_last_report
 from trainables.settings import TrainSettings
@@ -287,9 +287,9 @@ def test_calls_to_a_server_that_does_not_answer_end_in_bounded_time(server):
 
         original, thin.LOAD_TIMEOUT_S = thin.LOAD_TIMEOUT_S, 2.0
         try:
-            assert _best_server([stuck, server], MEMBER, "t") is server
+            assert _servers_by_fit([stuck, server], MEMBER, "t") == [server]
             with pytest.raises(RuntimeError, match="none of the search's 1 pack servers answered"):
-                _best_server([stuck], MEMBER, "t")
+                _servers_by_fit([stuck], MEMBER, "t")
         finally:
             thin.LOAD_TIMEOUT_S = original
     finally:
@@ -305,3 +305,16 @@ def test_servers_are_refused_where_the_cluster_cannot_hold_them(ray_session):
     with pytest.raises(ClusterTooSmall, match=r"2 x cpus_per_trial 2 = 4 CPUs, the cluster has 2"):
         check_servers_fit(2, 2, 0, cluster)
     check_servers_fit(2, 1, 0.5, cluster)  # what fits passes
+
+
+def test_trials_that_choose_a_server_at_once_do_not_crowd_it(ray_session, data):
+    # All of a search's first trials choose at the same moment, before any of their joins is applied: a server
+    # that holds (or is taking in) a pack's worth says so, and the trial goes to the next one.
+    crowded = start(data, pack_size=2)
+    try:
+        first = [crowded.join.remote(f"crowd-{i}", MEMBER, None, only_if_room=True) for i in range(3)]
+        answers = ray.get(first, timeout=60)
+        assert sorted(map(str, answers)).count("full") == 1, answers
+        assert ray.get(crowded.join.remote("crowd-last", MEMBER, None), timeout=60) is not None  # the last resort
+    finally:
+        ray.kill(crowded)
