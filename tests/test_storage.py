@@ -119,6 +119,11 @@ def test_ended_trials_are_those_the_newest_saved_state_records_as_ended(tmp_path
     (tmp_path / "experiment_state-new.json").write_text('{"trial_d')  # being rewritten: ask again later
     os.utime(tmp_path / "experiment_state-new.json", (3_000, 3_000))
     assert ended_in_saved_state(str(trial_dir)) == set()
+    # read once per version (the driver asks at every step): written again, it is read again
+    save_state("new", {"a": "TERMINATED", "b": "TERMINATED", "c": "ERROR", "d": "RUNNING"}, 4_000)
+    assert ended_in_saved_state(str(trial_dir)) == {"a", "b", "c"}
+    save_state("new", {"a": "TERMINATED", "b": "TERMINATED", "c": "ERROR", "d": "ERROR"}, 5_000)
+    assert ended_in_saved_state(str(trial_dir)) == {"a", "b", "c", "d"}
     assert ended_in_saved_state("s3://bucket/s/trial_a") == set()
 
 
