@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import ray
 import torch
 
-from search.packed_trial import FULL, JOIN_WAIT_S, POLL_S, read_files, write_files
-from trainables.checkpoint import load_checkpoint, save_checkpoint
+from search.packed_trial import FULL, JOIN_WAIT_S, POLL_S, write_files
+from trainables.checkpoint import checkpoint_files, load_checkpoint
 from trainables.device import trial_device
 from trainables.packed import Pack, pack_key
 from trainables.reporting import is_last_report
@@ -372,8 +372,4 @@ class PackServer:
 
     def _checkpoint_files(self, member_id: str, snapshot: Snapshot | None) -> dict[str, bytes] | None:
         """Member ``member_id``'s snapshot as the files of its checkpoint (what its trial reports to Tune)."""
-        if snapshot is None:
-            return None
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(directory, snapshot.state, snapshot.description)
-            return read_files(directory)
+        return None if snapshot is None else checkpoint_files(snapshot.state, snapshot.description)

@@ -4,8 +4,11 @@ checkpoints, ASHA decisions — and exactly the metrics the same configuration g
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +196,39 @@ def test_a_killed_pack_server_an_outage_and_a_killed_driver_lose_nothing(ray_ses
     assert find_search_run(client, "packed-faults").info.status == "FINISHED"
     packed_epochs = [m.value for r in runs for m in client.get_metric_history(r.info.run_id, "pack_members")]
     assert max(packed_epochs) == 2
+
+
+def test_soak_random_member_kills_and_asha_stops_every_trial_ends(ray_session, mlflow_server, tmp_path):
+    """A packed ASHA search whose members' trial processes are killed (SIGKILL) at random moments: Tune retries each
+    from its checkpoint into a pack, ASHA stops others at its rungs, and every trial ends, recorded once."""
+    rng = random.Random(27)
+    address = ray_session.get_runtime_context().gcs_address
+    config = slow_config(tmp_path / "c.yaml", "soak", mlflow_server, num_samples=10, max_epochs=10, max_failures=4,
+                         max_concurrent=4)
+    raw = yaml.safe_load(config.read_text())
+    raw["space"].update(units=128, dropout=0.0, batch_size=4)  # packable on a CPU; epochs of ~0.3 s
+    raw["scheduler"] = {"type": "asha", "max_epochs": 10, "grace_period": 2, "reduction_factor": 2}
+    raw["resources"] = {"cpus_per_trial": 1, "pack": 4}  # one server of four
+    raw["training"]["checkpoint_every"] = 1
+    config.write_text(yaml.safe_dump(raw))
+    client = MlflowClient(mlflow_server)
+    proc = start_hps("run", str(config), "--address", address, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    killed = set()
+    for _ in range(2):
+        def a_member_mid_trial():
+            running = [r for r in children(client, "soak") if r.info.status == "RUNNING" and "pid" in r.data.tags
+                       and r.data.metrics.get("best_epoch", 0) >= 1 and r.data.tags["hps.trial_id"] not in killed]
+            return rng.choice(running) if running else None
+
+        victim = wait_until(a_member_mid_trial, what="a packed member mid-trial", alive=proc)
+        killed.add(victim.data.tags["hps.trial_id"])
+        with contextlib.suppress(ProcessLookupError):  # it may have just ended on its own
+            os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
+        time.sleep(rng.uniform(0.5, 2.0))
+    assert proc.wait() == 0, proc.output
+    runs = children(client, "soak")
+    assert len(runs) == 10 and len({r.data.tags["hps.trial_id"] for r in runs}) == 10
+    assert {r.data.tags["hps.outcome"] for r in runs} <= {"completed", "stopped_early"}
+    assert any(r.data.tags["hps.outcome"] == "stopped_early" for r in runs)  # ASHA stopped some at its rungs
+    assert sum(int(r.data.tags.get("hps.retries", 0)) for r in runs) >= 1
+    assert_clean_histories(client, runs)

@@ -8,6 +8,7 @@ A checkpoint directory holds ``state.pt`` (weights, optimizer state, epoch, best
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -21,12 +22,25 @@ from trainables.model import Architecture, Ensemble, build_mlp
 
 def save_checkpoint(directory: str | Path, state: dict, description: dict) -> None:
     """Write a resumable checkpoint: ``state`` (from the training loop) and the best model so far."""
-    directory = Path(directory)
-    model_dir = directory / MODEL_DIR
-    model_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in checkpoint_files(state, description).items():
+        path = Path(directory) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def checkpoint_files(state: dict, description: dict) -> dict[str, bytes]:
+    """The files :func:`save_checkpoint` writes, by relative path, made in memory (a pack server hands them to its
+    trials without touching the disk)."""
     resume_state = {k: v for k, v in state.items() if k != "best_model"}
-    torch.save(resume_state, directory / STATE_FILE)
-    save_model(model_dir, state["best_model"], {**description, "epoch": state["best_epoch"]})
+    model_description = {**description, "epoch": state["best_epoch"]}
+    return {STATE_FILE: _torch_bytes(resume_state), f"{MODEL_DIR}/{WEIGHTS_FILE}": _torch_bytes(state["best_model"]),
+            f"{MODEL_DIR}/{DESCRIPTION_FILE}": json.dumps(model_description, indent=2).encode()}
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(directory: str | Path) -> dict:
