@@ -12,7 +12,7 @@ import torch
 from trainables.checkpoint import load_checkpoint, load_model, save_checkpoint, save_ensemble
 from trainables.splitting import split_dataset
 from trainables.model import build_mlp
-from trainables.train import TrainSettings, train_epochs, train_trial
+from trainables.train import TrainSettings, batch_slices, train_epochs, train_trial
 
 PARAMS = {"n_layers": 2, "units": 32, "lr": 3e-3, "optimizer": "adam", "batch_size": 32, "norm": "batch", "dropout": 0.1}
 
@@ -259,3 +259,12 @@ def test_patience_never_cuts_the_last_epoch_and_is_off_by_default(datasets, monk
     assert "stopped_no_improvement" not in reports[-1][0]
     reports = run(datasets["wine"].trial_data(), epochs=3)
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3] and reports[-1][0]["finished"]
+
+
+def test_every_row_trains_in_batches_of_at_least_two():
+    # A last batch of one row joins the one before it: alone it breaks batch norm, dropped it never trains.
+    assert batch_slices(129, 64) == [slice(0, 64), slice(64, 129)]
+    assert batch_slices(128, 64) == [slice(0, 64), slice(64, 128)]
+    assert batch_slices(130, 64) == [slice(0, 64), slice(64, 128), slice(128, 130)]
+    assert batch_slices(3, 2) == [slice(0, 3)]
+    assert batch_slices(1, 64) == [slice(0, 1)]  # a single training row still trains

@@ -78,6 +78,7 @@ from trainables.train import (
     _rng_state,
     _setup,
     _to,
+    batch_slices,
     describe,
     divergence_reason,
 )
@@ -410,10 +411,8 @@ class Pack:
         # a zero tensor of flat's whole size and summed (measured: a quarter of a step's time in fills and adds).
         leaves = {name: t.detach().requires_grad_() for name, t in self.params.items()}
         losses, sizes = [], []
-        for start in range(0, n, size):
-            idx = order[:, start : start + size]
-            if idx.shape[1] < 2 and n > 1:
-                continue  # as alone: a batch of one row breaks batch norm and adds nothing
+        for batch in batch_slices(n, size):  # the batches a member trains alone
+            idx = order[:, batch]
             b = idx.shape[1]
             xb = _gather(x, idx.reshape(-1), self.device).view(m, b, -1)
             yb = _gather(y, idx.reshape(-1), self.device)

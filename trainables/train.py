@@ -468,6 +468,15 @@ def _restore_rng(state: dict | None, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def batch_slices(n: int, size: int) -> list[slice]:
+    """The mini-batches of an epoch of ``n`` shuffled rows, ``size`` rows each. A last batch of a single row joins
+    the one before it: alone it would break batch norm, and dropped, that row would never train."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, end) for start, end in zip(starts, [*starts[1:], n])]
+
+
 def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, use_amp, device) -> float:
     """One pass over the training data in shuffled mini-batches; returns the mean training loss."""
     model.train()
@@ -478,10 +487,8 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
     # and dispatch wrappers (~40 us a batch, several percent of a small MLP's step on CPU).
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     autocast = _autocast(device, use_amp)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        if idx.numel() < 2 and n > 1:
-            continue  # a batch of one row breaks batch norm and adds nothing
+    for batch in batch_slices(n, batch_size):
+        idx = order[batch]
         xb, yb = _gather(x, idx, device), _gather(y, idx, device)
         with autocast:
             loss = loss_fn(model(xb), loss_target(task, yb))
