@@ -10,6 +10,7 @@ import logging
 import math
 import os
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
@@ -139,12 +140,17 @@ def pack_servers(cfg: HpsConfig, data):
 
 
 def asha_rungs(cfg: HpsConfig) -> frozenset[int]:
-    """The epochs at which ASHA decides to stop or continue a trial: grace_period x reduction_factor^k < max_epochs."""
-    rungs, milestone = set(), float(cfg.scheduler.grace_period)
-    while milestone < cfg.scheduler.max_epochs:
-        rungs.add(math.ceil(milestone))
-        milestone *= cfg.scheduler.reduction_factor
-    return frozenset(rungs)
+    """The epochs at which ASHA decides to stop or continue a trial: the first epoch at or after each of its
+    milestones grace_period x reduction_factor^k below max_epochs.
+
+    Computed with Ray's own arithmetic (``ray.tune.schedulers.async_hyperband._Bracket``): a milestone multiplied
+    up step by step rounds differently (25 x 1.6 x 1.6 = 64.0, 25 x 1.6**2 = 64.00000000000001), and Ray, deciding at
+    the first report >= its milestone, would then decide at epoch 65 while the trial had been held and checkpointed
+    at 64."""
+    grace, factor, max_t = cfg.scheduler.grace_period, float(cfg.scheduler.reduction_factor), cfg.scheduler.max_epochs
+    count = int(np.log(max_t / grace) / np.log(factor) + 1)  # Ray's MAX_RUNGS for its one bracket
+    milestones = [grace * factor**k for k in range(count)]
+    return frozenset(math.ceil(m) for m in milestones if m < max_t)
 
 
 class SchedulerState(tune.Callback):

@@ -21,7 +21,7 @@ from search.capacity import check_this_host
 from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
 from search.connection import connect
 from search.dataset import split_from_config, with_absolute_source
-from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog, TrackingError
+from search.errors import SearchFailed, SearchInterrupted, SearchNotFound, TrackingBacklog, TrackingError
 from search.leaderboard import leaderboard, trial_runs
 from search.progress import ProgressPrinter
 from search.ray_setup import (
@@ -116,6 +116,19 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     return _execute(search, make_tuner, address)
 
 
+def _parent_run(client, parent: str, name: str, uri: str):
+    """The search's parent run on the tracking server, or a one-line SearchNotFound (another server, say)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(parent)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise SearchNotFound(f"search {name!r}: its parent run {parent} is not on the tracking server {uri} (is "
+                             "--tracking-uri the server the search was started with?)") from None
+
+
 def resume_search(name: str, storage: str | None = None, tracking_uri: str | None = None,
                   address: str | None = None) -> SearchOutcome:
     """Continue search ``name`` from its experiment state: finished trials are kept, unfinished ones resume from
@@ -137,7 +150,7 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
         given_up = replay.given_up  # reported at the end of the resumed search (exit 1), not refused forever
     parent = manifest["parent_run_id"]
     split = split_from_config(cfg)
-    recorded = client.get_run(parent).data.tags.get("hps.split_fingerprint")
+    recorded = _parent_run(client, parent, name, uri).data.tags.get("hps.split_fingerprint")
     if split.fingerprint != recorded:
         raise DataError(f"the data changed since the search started (split fingerprint {split.fingerprint} != "
                         f"{recorded}); it cannot be resumed on different data")

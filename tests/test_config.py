@@ -154,6 +154,11 @@ def test_cli_validate_reports_yaml_syntax_and_missing_file(tmp_path, capsys):
     assert "line" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    latin = tmp_path / "latin.yaml"  # was a traceback (UnicodeDecodeError)
+    latin.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    assert main(["validate", str(latin)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not UTF-8" in err and err.count("\n") == 0 and "Traceback" not in err
 
 
 def test_cli_run_rejects_bad_config_before_ray_starts(tmp_path):

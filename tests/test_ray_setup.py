@@ -5,11 +5,13 @@ with no cycle collection running meanwhile."""
 from __future__ import annotations
 
 import gc
+import math
 import logging
 import os
 import pickle
 from types import SimpleNamespace
 
+import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.config import parse_config
@@ -55,6 +57,18 @@ def test_asha_decides_at_grace_period_times_powers_of_the_reduction_factor():
     asha = scheduler(config())
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "epoch" and asha._max_t == 8  # noqa: SLF001
     assert isinstance(scheduler(config(type="fifo")), FIFOScheduler)
+
+
+@pytest.mark.parametrize("grace,factor,max_epochs", [(25, 1.6, 100), (25, 2.6, 200), (25, 3.2, 300), (4, 3, 40),
+                                                     (1, 1.1, 500), (3, 2.5, 97), (2, 2, 8)])
+def test_the_rungs_are_the_epochs_at_which_rays_own_asha_decides(grace, factor, max_epochs):
+    # Checkpoints and pack holds happen at asha_rungs; Ray decides at the first report >= each of its milestones.
+    ours = asha_rungs(config(grace_period=grace, reduction_factor=factor, max_epochs=max_epochs))
+    asha = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=factor)
+    milestones = [milestone for milestone, _ in asha._brackets[0]._rungs]  # noqa: SLF001 - Ray's own numbers
+    assert ours == {math.ceil(m) for m in milestones if m < max_epochs}
+    if (grace, factor) == (25, 1.6):
+        assert 65 in ours and 64 not in ours  # 25 * 1.6**2 = 64.00000000000001
 
 
 def test_recorded_results_stop_the_trials_below_the_rung_cutoff():

@@ -83,6 +83,9 @@ def test_npz(tmp_path):
     np.savez(path, features=np.zeros((5, 2)))
     with pytest.raises(DataError, match="needs arrays 'X' and 'y'"):
         split_dataset(f"npz:{path}", "auto", 0.2, 0.2, 0)
+    np.savez(path, X=np.zeros((0, 4)), y=np.zeros(0))  # was a traceback: "cannot reshape array of size 0"
+    with pytest.raises(DataError, match="has no rows or no features"):
+        split_dataset(f"npz:{path}", "auto", 0.2, 0.2, 0)
 
 
 def test_parquet(tmp_path):

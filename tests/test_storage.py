@@ -144,3 +144,15 @@ def test_a_trials_checkpoint_is_found_by_its_folder():
                SimpleNamespace(path="/runs/s/trial_fn_a1b2_00001_1_lr=0.2", checkpoint="second")]
     assert checkpoint_of(results, "a1b2_00001") == "second"
     assert checkpoint_of(results, "ffff_00000") is None
+
+
+def test_resuming_against_a_server_without_the_search_says_so_in_one_line(tmp_path):
+    # `hps resume --tracking-uri` naming another server: MLflow's "Run ... not found" used to escape as a traceback.
+    from mlflow.tracking import MlflowClient
+
+    from search.tuner import _parent_run
+    from tests.stores import sqlite_store
+
+    uri = sqlite_store(tmp_path / "other.db")
+    with pytest.raises(SearchNotFound, match=r"^search 'digits': its parent run 0+ is not on the tracking server"):
+        _parent_run(MlflowClient(uri), "0" * 32, "digits", uri)

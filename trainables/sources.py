@@ -167,6 +167,8 @@ def _load_npz(path: Path) -> Table:
     x, y = arrays["X"], arrays["y"]
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"npz file {str(path)!r}: X must be (rows, features...) and y (rows,); got {x.shape} and {y.shape}")
+    if len(x) == 0 or x[0].size == 0:
+        raise DataError(f"npz file {str(path)!r} has no rows or no features: X is {x.shape}")
     x = x.reshape(len(x), -1)
     columns = [f"x{i}" for i in range(x.shape[1])]
     return Table(features=pd.DataFrame(x, columns=columns), target=pd.Series(y, name="y"))
