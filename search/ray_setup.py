@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig
+from search.log_filters import DropPrefix
 from search.packing import (
     PackRelease,
     PackServers,
@@ -65,18 +66,7 @@ AUTH_ENABLED_LOGGER = "ray._private.authentication.authentication_token_setup"
 AUTH_ENABLED_NOTICE = "Token authentication is enabled for this Ray cluster."
 
 
-class _DropPrefix(logging.Filter):
-    """Drops the records whose message starts with ``prefix``."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-_AUTH_ENABLED_NOTICE_DROPPED = _DropPrefix(AUTH_ENABLED_NOTICE)
+_AUTH_ENABLED_NOTICE_DROPPED = DropPrefix(AUTH_ENABLED_NOTICE)
 
 
 def shutdown_ray() -> None:

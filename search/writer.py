@@ -37,6 +37,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from search.log_filters import drop_http_retry_warnings
 from search.storage import delete_state, is_remote, read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -388,6 +389,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 def quick_failing_http() -> None:
     """Make MLflow's HTTP client give up quickly: :class:`TrackingWriter` does the retrying (MLflow's own default
     retries a request for minutes, which would stall the driver)."""
+    drop_http_retry_warnings()  # the writer says "unavailable" and "back" instead, once each
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
