@@ -21,11 +21,10 @@ from trainables.checkpoint_files import MODEL_DIR
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, epoch_number, expand_epochs
 from search.storage import ended_in_saved_state, prune_checkpoints, read_results, trial_error_text
 from search.pareto import OBJECTIVES_TAG, objectives_tag
-from search.writer import TrackingWriter, log_folder, log_params
+from search.writer import PARENT_TAG, TrackingWriter, log_folder, log_params
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 # Result keys that are the trainable's metrics (Ray adds many bookkeeping keys we do not want as metrics).
 METRIC_PREFIXES = ("train_", "val_", "best_", "n_params")  # n_params: a two-objective search's second objective

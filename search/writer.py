@@ -54,6 +54,7 @@ OUTAGE_POLL_S = 1.0
 # operation that can never succeed must not block every later write at the head of the queue).
 MAX_ATTEMPTS = 5  # ~9 s of backoff in all: outlasts a locked database or a restarting worker
 MAX_BATCH_METRICS, MAX_BATCH_TAGS = 1000, 100  # MLflow's limits for one log_batch
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's tag nesting a run under its parent
 # How long a run's metrics may wait to be merged with its next epochs' into one log_batch. Each log_batch costs
 # the tracking store ~10 ms of CPU (a query, inserts, a commit) whatever its size; short epochs would otherwise
 # make MLflow compete with the trials for the CPU (a third of the driver's CPU time in a 24-trial digits search).
@@ -68,6 +69,9 @@ class Op:
     key: str
     args: dict[str, Any] = field(default_factory=dict)
     queued_at: float = 0.0  # time.monotonic() at submission: this process's clock, so not kept by save_pending
+    # Executed before, here or by the process that saved it: it may have taken effect although no answer came (a
+    # timeout or a 5xx after the server committed), so a create_run looks for its run before creating it again.
+    tried: bool = False
 
 
 class SourceMissing(RuntimeError):
@@ -181,7 +185,8 @@ class TrackingWriter:
         writer.runs.update(saved["runs"])
         writer.given_up.extend(saved.get("given_up", []))
         with writer._cv:
-            writer._queue.extend(Op(**op) for op in saved["ops"])
+            # The process that saved them may have tried them already (see Op.tried).
+            writer._queue.extend(Op(**{**op, "tried": True}) for op in saved["ops"])
             writer._cv.notify_all()
         left = len(writer.pending())
         done = writer.drain(timeout)
@@ -240,6 +245,16 @@ class TrackingWriter:
                 self._queue.popleft()
                 self._busy = False
                 self._cv.notify_all()
+
+    def _created_earlier(self, args: dict) -> str | None:
+        """The run an earlier try of this create_run made (same trial, same parent), if the server has one."""
+        tags = args["tags"]
+        conditions = [f"tags.`{name}` = '{tags[name]}'" for name in ("hps.trial_id", PARENT_TAG) if name in tags]
+        if not conditions:
+            return None
+        runs = self.client.search_runs([args["experiment_id"]], filter_string=" and ".join(conditions),
+                                       max_results=1, order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
 
     def _pause(self, seconds: float) -> None:
         """Wait before the next try (woken early by close)."""
@@ -304,8 +319,12 @@ class TrackingWriter:
         client, args = self.client, op.args
         if op.kind == "create_run":
             if op.key not in self.runs:
-                run = client.create_run(args["experiment_id"], tags=args["tags"], run_name=args["run_name"])
-                self.runs[op.key] = run.info.run_id
+                # create_run is not idempotent: retried blindly, a request the server had committed left a second
+                # run of the same trial, RUNNING for ever.
+                earlier = self._created_earlier(args) if op.tried else None
+                op.tried = True
+                self.runs[op.key] = earlier or client.create_run(args["experiment_id"], tags=args["tags"],
+                                                                 run_name=args["run_name"]).info.run_id
             return
         run_id = self.runs.get(op.key)
         if run_id is None:

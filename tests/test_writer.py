@@ -86,6 +86,33 @@ def test_a_write_failing_with_any_error_is_given_up_and_later_writes_go_through(
     assert "NOT-A-STATUS" in writer.given_up[0]["reason"]
 
 
+def test_a_run_created_although_no_answer_came_is_not_created_twice(mlflow_server, monkeypatch):
+    # The server commits the run, then the answer is lost (a timeout, a 5xx from a proxy): a blind retry of
+    # create_run made a second run of the trial, RUNNING for ever, shown twice on the leaderboard.
+    monkeypatch.setattr(writer_module, "BACKOFF_S", (0.05,) * len(writer_module.BACKOFF_S))
+    client = MlflowClient(mlflow_server)
+    experiment = new_experiment(client)
+    parent = client.create_run(experiment).info.run_id
+    writer = TrackingWriter(mlflow_server)
+    real_create_run, calls = writer.client.create_run, []
+
+    def create_then_lose_the_answer(*args, **kwargs):  # the real server creates the run every time
+        calls.append(real_create_run(*args, **kwargs))
+        if len(calls) == 1:
+            raise ConnectionError("the answer was lost (injected)")
+        return calls[-1]
+
+    writer.client.create_run = create_then_lose_the_answer
+    tags = {writer_module.PARENT_TAG: parent, "hps.trial_id": "t1"}
+    writer.submit("create_run", "t1", experiment_id=experiment, tags=tags, run_name="trial-t1")
+    writer.submit("log_batch", "t1", metrics=[("val_loss", 0.5, 0, 1)])
+    assert writer.drain(30)
+    writer.close()
+    runs = client.search_runs([experiment], "tags.`hps.trial_id` = 't1'")
+    assert len(calls) == 1 and len(runs) == 1  # the retry found the run the first try made
+    assert writer.runs["t1"] == runs[0].info.run_id and runs[0].data.metrics["val_loss"] == 0.5
+
+
 def test_writes_the_server_refuses_are_given_up_and_listed(mlflow_server, caplog):
     client = MlflowClient(mlflow_server)
     writer = TrackingWriter(mlflow_server)
