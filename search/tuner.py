@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,7 @@ class _Search:
     data: Any  # what trials train on: one TrialData per validation split (one, or one per cross-validation fold)
     given_up: list[dict] = field(default_factory=list)  # MLflow writes given up so far (replayed ones included)
     keep: set[str] = field(default_factory=set)  # trials whose checkpoints must outlive the search (model not in MLflow)
+    closed: set[str] = field(default_factory=set)  # steps of _finish already done (it is tried again after an outage)
 
     @property
     def root(self) -> str:
@@ -202,7 +204,7 @@ def _execute(search: _Search, make_tuner: Callable[[tuple[str, ...] | None], tun
             _settle_tracking(search, logger, trials)
         if interrupted:
             _end_interrupted(search)
-        return _finish(search, results, trials, release_ray=started_ray)
+        return _finish_outlasting_outages(search, results, trials, release_ray=started_ray)
     except (KeyboardInterrupt, SearchInterrupted, TrackingBacklog, SearchFailed):
         _end_parent_quietly(client, parent, "KILLED")
         raise
@@ -258,10 +260,58 @@ def _end_interrupted(search: _Search) -> None:
                             f"`hps resume {cfg.name}{storage_flag(search.storage_path)}`")
 
 
+def _finish_outlasting_outages(search: _Search, results: tune.ResultGrid, trials: list,
+                               release_ray: bool = False) -> SearchOutcome:
+    """:func:`_finish`, outlasting a tracking server that stops answering while the search closes: it waits for the
+    server (``tracking.outage_wait_s`` at most, said once) and goes on with the steps not yet done; past that, it
+    says that every trial is done and what `hps resume` will finish."""
+    cfg = search.cfg
+    deadline = time.monotonic() + cfg.tracking.outage_wait_s
+    while True:
+        try:
+            return _finish(search, results, trials, release_ray)
+        except Exception:
+            if _tracking_answers(search.client):
+                raise  # not an outage: the error is the search's own
+            if not _wait_for_tracking(search.client, deadline, cfg):
+                raise TrackingBacklog(
+                    f"the tracking server {cfg.tracking.uri} stopped answering while the search closed and did not come "
+                    f"back within {cfg.tracking.outage_wait_s:.0f} s; every trial has ended and is saved: run "
+                    f"`hps resume {cfg.name}{storage_flag(search.storage_path)}` once it is back to rank them, mark the "
+                    "best and close the search's MLflow run") from None
+
+
+def _tracking_answers(client) -> bool:
+    try:
+        client.search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001 - any failure to answer
+        return False
+    return True
+
+
+def _wait_for_tracking(client, deadline: float, cfg: HpsConfig) -> bool:
+    """Wait until the tracking server answers or ``deadline`` passes; whether it answers."""
+    log.warning("tracking server unavailable while the search closes; waiting up to %.0f s for it",
+                max(0.0, deadline - time.monotonic()))
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        if _tracking_answers(client):
+            log.warning("tracking server is back; closing the search")
+            return True
+    return False
+
+
 def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray: bool = False) -> SearchOutcome:
-    """Rank the trials, keep the best model, clean up, draw the report and close the parent run."""
+    """Rank the trials, keep the best model, clean up, draw the report and close the parent run. Tried again after
+    an outage, it skips the steps already done (``search.closed``)."""
     cfg, client, parent = search.cfg, search.client, search.parent
-    _remove_orphan_runs(client, parent, trials)
+
+    def once(step: str, action: Callable[[], None]) -> None:
+        if step not in search.closed:
+            action()
+            search.closed.add(step)
+
+    once("orphans", lambda: _remove_orphan_runs(client, parent, trials))
     board = leaderboard(client, client.get_run(parent))
     n_errors = sum(1 for r in results if r.error is not None)
     summary = _summarize(board, cfg, len(results), n_errors)
@@ -271,9 +321,9 @@ def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray
     # The order matters: the best model is uploaded from its checkpoint before checkpoints are pruned; Ray is
     # shut down only once nothing reads through it (see ray_setup.shutdown_ray for what may not overlap it); the
     # parent run is closed last, so a search that dies before that is not recorded as finished.
-    _mark_best(search, results, board.iloc[0])
-    _prune_checkpoints(search, results)
-    _write_report_and_release_ray(search, release_ray)
+    once("best", lambda: _mark_best(search, results, board.iloc[0]))
+    once("prune", lambda: _prune_checkpoints(search, results))
+    once("report", lambda: _write_report_and_release_ray(search, release_ray))
     finish_search_run(client, parent, "FINISHED", summary)
     return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors, list(search.given_up))
 

@@ -11,6 +11,7 @@ started, `hps` as a subprocess joined to the session's Ray).
 from __future__ import annotations
 
 import os
+import threading
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,50 @@ def test_a_write_the_server_refuses_is_counted_reported_and_exits_1(ray_session,
     assert "hps.writes_given_up" in error_lines[0]
     parent = find_search_run(client, "refused-writes")
     assert parent.info.status == "FINISHED" and int(parent.data.tags["hps.writes_given_up"]) >= 1
+
+
+def test_an_outage_as_the_search_closes_is_waited_out_or_left_to_resume(ray_session, mlflow_link, mlflow_server,
+                                                                         tmp_path, monkeypatch, capsys, caplog):
+    """The tracking server stops answering exactly when the trials have ended and the search closes (ranking,
+    marking the best, closing the parent run). Once it stays away longer than `tracking.outage_wait_s`: exit 1 with
+    one line naming `hps resume`, nothing lost. Then, resuming, it goes away again and comes back within the wait:
+    the search closes, its parent run FINISHED (it once stayed RUNNING, exit 1)."""
+    from search import tuner
+    from search.cli import main as hps_main
+    from tests.conftest import load_yaml, shrink
+
+    raw = shrink(load_yaml("digits.yaml"), "closing-outage", mlflow_link.uri, num_samples=2, max_epochs=2)
+    raw["tracking"]["outage_wait_s"] = 4
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    storage = str(tmp_path / "runs")
+    address = ray_session.get_runtime_context().gcs_address
+    real_finish, back_after = tuner._finish, []
+
+    def outage_as_it_closes(*args, **kwargs):
+        if not mlflow_link.is_cut and not back_after:  # the first try of each command
+            mlflow_link.cut()
+            back_after.append(None)
+            if restore_in is not None:
+                threading.Timer(restore_in, mlflow_link.restore).start()
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(tuner, "_finish", outage_as_it_closes)
+    restore_in = None  # first: it does not come back in time
+    assert hps_main(["run", str(config), "--address", address, "--storage", storage]) == 1
+    err = capsys.readouterr().err
+    assert "stopped answering while the search closed" in err and "hps resume closing-outage" in err, err
+    mlflow_link.restore()
+    client = MlflowClient(mlflow_server)
+    assert len(children(client, "closing-outage")) == 2  # every trial recorded before the outage
+
+    back_after.clear()
+    restore_in = 1.5  # then: back within the wait
+    caplog.clear()
+    assert hps_main(["resume", "closing-outage", "--address", address, "--storage", storage]) == 0, \
+        capsys.readouterr().err
+    assert "waiting up to" in caplog.text and "tracking server is back" in caplog.text, caplog.text
+    parent = find_search_run(client, "closing-outage")
+    assert parent.info.status == "FINISHED"
+    runs = children(client, "closing-outage")
+    assert len(runs) == 2 and sum(r.data.tags.get("hps.best") == "true" for r in runs) == 1
