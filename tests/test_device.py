@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -75,8 +76,11 @@ def test_a_gpu_trial_without_usable_cuda_fails_with_a_reason_instead_of_using_th
     assert D.prepare_device("cpu") == torch.device("cpu")
 
 
+GIB = 2**30
+
+
 class FakeCuda:
-    """torch.cuda as a 4000-byte GPU with 1000 bytes free, recording what a trial asks of it."""
+    """torch.cuda as a 16 GiB GPU with 4 GiB free, recording what a trial asks of it."""
 
     def __init__(self, monkeypatch) -> None:
         self.calls: list[tuple] = []
@@ -85,22 +89,29 @@ class FakeCuda:
             "device_count": lambda: 1,
             "set_device": lambda device: self.calls.append(("set_device", device)),
             "set_per_process_memory_fraction": lambda fraction, device: self.calls.append(("fraction", fraction, device)),
-            "mem_get_info": lambda device=None: (1000, 4000),
+            "mem_get_info": lambda device=None: (4 * GIB, 16 * GIB),
             "memory_reserved": lambda device=None: 0,
+            "get_device_properties": lambda device=None: SimpleNamespace(total_memory=16 * GIB),
         }.items():
             monkeypatch.setattr(torch.cuda, name, fn)
 
 
 def test_a_fractional_gpu_caps_the_process_memory_and_sizes_resident_data_by_the_share(monkeypatch):
+    # The cap is the share less what a CUDA process holds outside torch's allocator (its context and workspaces,
+    # D.OUTSIDE_ALLOCATOR_BYTES: 0.5 GiB), so that 4 trials of 0.25 fit one GPU with all they hold.
     cuda = FakeCuda(monkeypatch)
     gpu = torch.device("cuda", 0)
     assert D.prepare_device(gpu, gpu_share=0.25) == gpu
-    assert ("fraction", 0.25, gpu) in cuda.calls
-    assert D.memory_budget(gpu, 0.25) == 1000  # the share (1000 of 4000) and the free memory agree
-    assert D.memory_budget(gpu, 0.1) == 400  # a tenth of the GPU: less than is free
-    assert train._fits_on_device(int(400 * train.DEVICE_DATA_FRACTION), gpu, 0.1)
-    assert not train._fits_on_device(int(1000 * train.DEVICE_DATA_FRACTION), gpu, 0.1)
-    assert train._fits_on_device(int(1000 * train.DEVICE_DATA_FRACTION), gpu, 1.0)
+    assert ("fraction", 0.25 - 0.5 / 16, gpu) in cuda.calls
+    assert D.memory_budget(gpu, 0.25) == int(3.5 * GIB)  # 4 GiB of share, 0.5 GiB of it outside the allocator
+    assert D.memory_budget(gpu, 0.5) == 4 * GIB  # 7.5 GiB allowed, but only 4 GiB free
+    budget = D.memory_budget(gpu, 0.1)  # 1.6 GiB of share: 1.1 GiB for the allocator
+    assert budget == int((0.1 - 0.5 / 16) * 16 * GIB)
+    assert train._fits_on_device(int(budget * train.DEVICE_DATA_FRACTION) - 1, gpu, 0.1)
+    assert not train._fits_on_device(int(4 * GIB * train.DEVICE_DATA_FRACTION), gpu, 0.1)
+    assert train._fits_on_device(int(4 * GIB * train.DEVICE_DATA_FRACTION), gpu, 1.0)
+    with pytest.raises(D.DeviceError, match=r"cannot hold a CUDA process's own 0.50 GiB"):
+        D.prepare_device(gpu, gpu_share=0.02)  # 0.32 GiB
 
 
 def test_a_whole_gpu_sets_no_memory_cap(monkeypatch):

@@ -103,8 +103,27 @@ def prepare_device(device: torch.device, gpu_share: float = 1.0) -> torch.device
     if 0 < gpu_share < 1:
         # Ray's fractional GPUs are logical only: without a cap, one trial's caching allocator can take memory its
         # neighbours on the same GPU were promised. Exceeding the share raises an out-of-memory error in this trial.
-        torch.cuda.set_per_process_memory_fraction(gpu_share, device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(gpu_share, total), device)
     return device
+
+
+# What a CUDA process holds outside torch's caching allocator, which set_per_process_memory_fraction does not cap:
+# its context and the cuBLAS/cuDNN workspaces, 0.3-0.5 GB a process as reported on this project's issue tracker;
+# budgeted at the upper end so that 4 trials of 0.25 fit one GPU with everything they hold.
+OUTSIDE_ALLOCATOR_BYTES = 512 * 2**20
+
+
+def allocator_fraction(gpu_share: float, total_bytes: int, outside_bytes: int = OUTSIDE_ALLOCATOR_BYTES) -> float:
+    """The caching allocator's cap, as a fraction of a GPU of ``total_bytes``, for a process holding ``gpu_share`` of
+    it: the share less what the process holds outside the allocator, so that all it holds stays within its share.
+    Raises :class:`DeviceError` for a share too small to hold even that."""
+    fraction = gpu_share - outside_bytes / total_bytes
+    if fraction <= 0:
+        raise DeviceError(f"a GPU share of {gpu_share:g} ({gpu_share * total_bytes / 2**30:.2f} GiB) cannot hold a CUDA "
+                          f"process's own {outside_bytes / 2**30:.2f} GiB (context, cuBLAS workspace): raise "
+                          "resources.gpus_per_trial")
+    return fraction
 
 
 def memory_budget(device: torch.device, gpu_share: float = 1.0) -> int | None:
@@ -113,6 +132,6 @@ def memory_budget(device: torch.device, gpu_share: float = 1.0) -> int | None:
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
-    share = gpu_share if 0 < gpu_share < 1 else 1.0
+    share = allocator_fraction(gpu_share, total) if 0 < gpu_share < 1 else 1.0
     held = torch.cuda.memory_reserved(device)
     return int(max(0, min(free, share * total - held)))
