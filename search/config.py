@@ -52,6 +52,7 @@ from trainables.params import (  # noqa: F401 - the DEFAULT_* are re-exported fo
     DEFAULT_UNITS,
     HYPERPARAMETERS,
     PER_LAYER,
+    default,
     value_error,
 )
 
@@ -539,7 +540,22 @@ def _check_space(space: dict, limits: LimitsConfig | None = None) -> None:
                 raise ConfigError(f"{key}.if", f"refers to {other!r}, which is not in the space")
             if other == name:
                 raise ConfigError(f"{key}.if", "a parameter cannot depend on itself")
+    # Batch norm's statistics need two rows a batch: a space that can pair batch_size 1 with it is refused here
+    # (training once skipped such batches and reported a training loss of 0 for a model it never trained).
+    if _can_take(space, "batch_size", 1) and _can_take(space, "norm", "batch"):
+        raise ConfigError("space.batch_size", "batch_size 1 cannot go with norm: batch (batch norm needs at least 2 "
+                          "rows a batch); raise batch_size's lower bound or leave batch norm out of the space")
     sample_order(space)
+
+
+def _can_take(space: dict, name: str, value: Any) -> bool:
+    """Whether some trial of ``space`` may get ``value`` for ``name`` (its default when the space leaves it out)."""
+    spec = space.get(name, default(name))
+    if isinstance(spec, CategoricalParam):
+        return value in spec.choices
+    if isinstance(spec, (IntParam, FloatParam)):
+        return spec.low <= value <= spec.high
+    return spec == value
 
 
 def sample_order(space: dict[str, Any]) -> list[str]:

@@ -70,16 +70,24 @@ BAD_CASES = {
     "two GPUs per trial": (with_change("resources.gpus_per_trial", 2), "resources.gpus_per_trial", "one device"),
     "a CPU share Ray cannot schedule": (with_change("resources.cpus_per_trial", 1e-9), "resources.cpus_per_trial",
                                         "greater than or equal to 0.0001"),
-    # A batch of one row trained nothing (skipped: it breaks batch norm) while reporting a training loss of 0.
-    "batch size one": (with_change("space.batch_size", 1), "space.batch_size", "an integer >= 2"),
-    "batch size range from one": (with_change("space.batch_size", {"type": "int", "low": 1, "high": 8}),
-                                  "space.batch_size.low", "an integer >= 2"),
+    # A batch of one row cannot train batch norm; such batches were skipped, reporting a training loss of 0.
+    "batch size one with batch norm": (with_change("space.batch_size", 1), "space.batch_size", "norm: batch"),
+    "batch size range from one with batch norm": (
+        with_change("space.batch_size", {"type": "int", "low": 1, "high": 8}), "space.batch_size", "norm: batch"),
     "bad log_models": (with_change("tracking.log_models", "some"), "tracking.log_models", "all"),
     "unknown loss": (with_change("space.loss", "l1"), "space.loss", "mse, mae, huber"),
     "regression loss on a classifier": (with_change("space.loss", "mae"), "space.loss", "only regressions"),
 }
 
 REGRESSION = load_yaml("diabetes.yaml")
+
+
+def test_batch_size_one_is_accepted_without_batch_norm():
+    raw = copy.deepcopy(BASE)
+    raw["space"].update(batch_size=1, norm={"type": "categorical", "choices": ["none", "layer"]})
+    assert parse_config(raw).space["batch_size"] == 1
+    raw["space"].pop("norm")  # the default norm: none
+    parse_config(raw)
 
 
 def test_searched_loss_needs_a_metric_comparable_across_losses():

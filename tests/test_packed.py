@@ -308,3 +308,15 @@ def test_a_member_out_of_patience_stops_alone_as_it_would_alone(datasets):
     assert STOPPED_NO_IMPROVEMENT in alone[-1][0] and len(alone) < 8 and alone[-1][1] is not None
     assert_same_reports(alone, together["eager"])
     assert_same_reports(solo(steady, data, epochs=8, patience=2), together["steady"])
+
+
+def test_members_with_batch_size_one_train_every_row_as_alone(datasets):
+    data = dataclasses.replace(datasets["digits"], x_train=datasets["digits"].x_train[:97],
+                               y_train=datasets["digits"].y_train[:97])
+    configs = {name: {**BASE, "batch_size": 1, "optimizer": "sgd", "norm": "none", "lr": lr}
+               for name, lr in (("a", 1e-2), ("b", 3e-3))}
+    together, _ = packed({k: (p, 0) for k, p in configs.items()}, data, epochs=2)
+    for member_id, params in configs.items():
+        alone = solo(params, data, epochs=2)
+        assert alone[0][0]["train_loss"] > 0
+        assert_same_reports(alone, together[member_id], **tolerance(params))

@@ -32,7 +32,7 @@ def test_a_space_leaving_everything_out_trains_the_defaults():
 @pytest.mark.parametrize("name,value,wanted", [
     ("dropout", 1.0, "in [0, 1)"), ("momentum", -0.1, "in [0, 1)"), ("lr", 0, "a number > 0"),
     ("lr", float("inf"), "a number > 0"), ("weight_decay", -1e-9, "a number >= 0"), ("units", 2.0, "an integer >= 1"),
-    ("n_layers", True, "an integer >= 1"), ("batch_size", 1, "an integer >= 2"),
+    ("n_layers", True, "an integer >= 1"), ("batch_size", 0, "an integer >= 1"),
     ("activation", "swish", "one of relu, leaky_relu, elu, gelu, tanh, selu, silu"), ("norm", "group", "one of none"),
     ("optimizer", "lbfgs", "one of adam, adamw, sgd"), ("loss", "hinge", "one of mse, mae, huber (regression only)"),
 ])

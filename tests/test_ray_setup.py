@@ -12,9 +12,11 @@ import pickle
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from search.config import parse_config
+from search.config import MIN_REDUCTION_FACTOR, parse_config
 from search import ray_setup
 from search.ray_setup import SchedulerState, asha_rungs, init_ray, scheduler, shutdown_ray
 from tests.conftest import load_yaml, shrink
@@ -69,6 +71,18 @@ def test_the_rungs_are_the_epochs_at_which_rays_own_asha_decides(grace, factor, 
     assert ours == {math.ceil(m) for m in milestones if m < max_epochs}
     if (grace, factor) == (25, 1.6):
         assert 65 in ours and 64 not in ours  # 25 * 1.6**2 = 64.00000000000001
+
+
+@settings(max_examples=200, deadline=None)
+@given(grace=st.integers(1, 60), factor=st.floats(MIN_REDUCTION_FACTOR, 6.0), extra=st.integers(0, 2000))
+def test_every_epoch_rays_asha_decides_at_is_a_rung(grace, factor, extra):
+    # Whatever the config accepts: each epoch at which Ray's ASHA decides (the first report >= a milestone below
+    # max_t) is one asha_rungs names, so the trial is held and checkpointed there; and no rung is one it skips.
+    max_epochs = grace + extra
+    ours = asha_rungs(config(grace_period=grace, reduction_factor=factor, max_epochs=max_epochs))
+    asha = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=factor)
+    decided = {math.ceil(m) for m, _ in asha._brackets[0]._rungs if m < max_epochs}  # noqa: SLF001
+    assert ours == decided
 
 
 def test_recorded_results_stop_the_trials_below_the_rung_cutoff():

@@ -268,3 +268,12 @@ def test_every_row_trains_in_batches_of_at_least_two():
     assert batch_slices(130, 64) == [slice(0, 64), slice(64, 128), slice(128, 130)]
     assert batch_slices(3, 2) == [slice(0, 3)]
     assert batch_slices(1, 64) == [slice(0, 1)]  # a single training row still trains
+
+
+def test_batch_size_one_trains_one_row_at_a_time(datasets):
+    # It once skipped every batch (each a single row) and reported a training loss of 0.0 for an untrained model.
+    data = datasets["breast_cancer"].trial_data()
+    reports = run(data, params={**PARAMS, "batch_size": 1, "norm": "none", "dropout": 0.0}, epochs=2)
+    first, last = reports[0][0], reports[-1][0]
+    assert first["train_loss"] > 0 and last["train_loss"] < first["train_loss"]
+    assert last["val_accuracy"] > 0.8

@@ -426,8 +426,8 @@ class Pack:
             self._optimizer_step()
             losses.append(member_losses.detach())
             sizes.append(b)
-        if not losses:
-            return [0.0] * m
+        if not losses:  # never a silent epoch without a single step (its loss would read 0.0)
+            raise ValueError("an epoch with no training rows: nothing to train")
         weights = torch.tensor(sizes, dtype=torch.float32, device=self.device)
         return [total / n for total in (weights @ torch.stack(losses).float()).tolist()]
 

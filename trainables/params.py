@@ -40,9 +40,8 @@ DEFAULT_BATCH_SIZE = 64
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "n_layers": Hyperparameter(DEFAULT_N_LAYERS, "an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "units": Hyperparameter(DEFAULT_UNITS, "an integer >= 1", lambda v: _is_int(v) and v >= 1, per_layer=True),
-    # At least 2: a batch of one row breaks batch norm, and training skipped such batches, so batch_size 1 once
-    # trained nothing while reporting a training loss of 0.
-    "batch_size": Hyperparameter(DEFAULT_BATCH_SIZE, "an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    # 1 trains one row at a time; it cannot go with batch norm (search.config refuses the pair).
+    "batch_size": Hyperparameter(DEFAULT_BATCH_SIZE, "an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "lr": Hyperparameter(1e-3, "a number > 0", lambda v: _is_num(v) and v > 0),
     "weight_decay": Hyperparameter(0.0, "a number >= 0", lambda v: _is_num(v) and v >= 0),
     "dropout": Hyperparameter(0.0, "in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),

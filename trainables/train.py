@@ -498,8 +498,8 @@ def _train_epoch(model, optimizer, loss_fn, task, x, y, batch_size, generator, u
         optimizer.step()
         losses.append(loss.detach())
         sizes.append(idx.numel())
-    if not losses:
-        return 0.0
+    if not losses:  # never a silent epoch without a single step (its loss would read 0.0)
+        raise ValueError("an epoch with no training rows: nothing to train")
     return float(torch.stack(losses).float() @ torch.tensor(sizes, dtype=torch.float32, device=device)) / n
 
 
