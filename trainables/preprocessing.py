@@ -19,10 +19,20 @@ from trainables.tasks import label_name, plain_value
 MISSING_CATEGORY = "<missing>"  # the category of a missing text value under the "missing" imputation
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def infinite_for_the_network(values: np.ndarray) -> np.ndarray:
+    """Which values are ±inf once in float32, the network's precision: ±inf itself, and numbers beyond float32's
+    range (a 1e300 cell in a table reached the network as inf, and every output it touched with it)."""
+    with np.errstate(invalid="ignore"):
+        return np.isinf(values) | (np.abs(values) > FLOAT32_MAX)
+
+
 def _inf_as_missing(values: np.ndarray) -> np.ndarray:
     """±inf is a missing value (imputed like NaN): one infinite cell would otherwise make the column's mean and
     standard deviation, every trial's loss and every prediction NaN."""
-    infinite = np.isinf(values)
+    infinite = infinite_for_the_network(values)
     if infinite.any():
         values = np.where(infinite, np.nan, values)
     return values
@@ -31,12 +41,13 @@ def _inf_as_missing(values: np.ndarray) -> np.ndarray:
 def inf_columns_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with ±inf in its float columns replaced by NaN (the same object when there is none)."""
     floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
-    infinite = [c for c in floats if np.isinf(frame[c].to_numpy(dtype=np.float64, na_value=np.nan)).any()]
+    infinite = {c: infinite_for_the_network(frame[c].to_numpy(dtype=np.float64, na_value=np.nan)) for c in floats}
+    infinite = {c: mask for c, mask in infinite.items() if mask.any()}
     if not infinite:
         return frame
     frame = frame.copy()
-    for column in infinite:
-        frame[column] = frame[column].mask(np.isinf(frame[column].to_numpy(dtype=np.float64, na_value=np.nan)))
+    for column, mask in infinite.items():
+        frame[column] = frame[column].mask(mask)
     return frame
 
 
@@ -166,6 +177,8 @@ class Preprocessor:
         if missing:
             raise DataError(f"missing feature column(s): {', '.join(missing)}")
         numeric = (self._numeric_matrix(features) - np.asarray(self.mean)) / np.asarray(self.scale)
+        # Still finite in float32 when a value far outside the training rows' spread is scaled by a tiny one.
+        numeric = np.clip(numeric, -FLOAT32_MAX, FLOAT32_MAX)
         if not self.categories:
             return numeric.astype(np.float32)
         out = np.zeros((len(features), len(self.encoded_names)), dtype=np.float32)

@@ -19,7 +19,13 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from trainables.names import MAX_CATEGORIES, MAX_COLUMNS, DataError, impute_error
-from trainables.preprocessing import Preprocessor, check_categories, inf_columns_as_missing, refuse_empty_columns
+from trainables.preprocessing import (
+    Preprocessor,
+    check_categories,
+    inf_columns_as_missing,
+    infinite_for_the_network,
+    refuse_empty_columns,
+)
 from trainables.sources import Table, load_table, reason
 from trainables.trial_data import TrialData
 from trainables.tasks import check_target, detect_task, label_name, plain_value
@@ -173,7 +179,7 @@ def _usable_rows(settings: SplitSettings) -> tuple[Table, int]:
     table.features = inf_columns_as_missing(table.features)
     has_target = table.target.notna().to_numpy()
     if pd.api.types.is_float_dtype(table.target):
-        has_target = has_target & ~np.isinf(table.target.to_numpy(dtype=np.float64, na_value=np.nan))
+        has_target = has_target & ~infinite_for_the_network(table.target.to_numpy(dtype=np.float64, na_value=np.nan))
     n_dropped = int((~has_target).sum())
     if n_dropped:
         log.info("data %s: dropped %d row(s) with a missing or infinite target", settings.source, n_dropped)
