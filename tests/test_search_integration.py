@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +100,10 @@ def test_every_trial_has_a_rebuildable_best_epoch_model(search, tmp_path):
     data = split.trial_data()
     for child in children:
         assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {"model/weights.pt", "model/model.json"}
+        # every trial's model is the one of its recorded best epoch, those ASHA stopped at a rung included
+        described = client.download_artifacts(child.info.run_id, "model/model.json", str(tmp_path / child.info.run_id))
+        assert json.loads(Path(described).read_text())["epoch"] == int(child.data.metrics["best_epoch"]), \
+            child.data.tags["hps.outcome_note"]
     best = next(c for c in children if c.data.tags.get("hps.best") == "true")
     local = client.download_artifacts(best.info.run_id, "model", str(tmp_path))
     model, description = load_model(local)
