@@ -125,14 +125,14 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         space = pack_search.packing_config(config, workdir)
         short = [f"search.num_samples={budget.pack_trials}", f"scheduler.max_epochs={budget.pack_epochs}"]
         packable = "packable space (128 units, random, FIFO)"
+        short_label = f"{packable}, {budget.pack_trials} trials x {budget.pack_epochs} epochs"
         results["pack_space"] = pack_search.measure(space, short, budget.pack, 2, budget.reps, workdir, "space")
-        results["pack_space"]["label"] = f"{packable}, {budget.pack_trials} trials x {budget.pack_epochs} epochs"
+        results["pack_space"]["label"] = short_label
         _save(results, out)
         results["overhead_packed"] = overhead.measure(
             space, [*common, *short], budget.reps, workdir, budget.overhead_warmups,
             hps_only=[f"resources.pack={budget.pack}", f"search.max_concurrent={2 * budget.pack}"])
-        results["overhead_packed"]["label"] = (f"{packable}, {budget.pack_trials} trials x {budget.pack_epochs} epochs, "
-                                               f"packed ({budget.pack} a server, 2 servers)")
+        results["overhead_packed"]["label"] = f"{short_label}, packed ({budget.pack} a server, 2 servers)"
         _save(results, out)
         long = [f"search.num_samples={budget.pack_long_trials}", f"scheduler.max_epochs={budget.pack_long_epochs}"]
         results["pack_long"] = pack_search.measure(space, long, budget.pack, 2, budget.reps, workdir, "long")

@@ -52,7 +52,7 @@ from search.storage import (
     write_manifest,
 )
 from search.tracking import TrialRunLogger, experiment_id, finish_search_run, log_model_artifacts, start_search_run
-from search.writer import TrackingWriter, describe_given_up, quick_failing_http
+from search.writer import TrackingWriter, describe_given_up, quick_failing_http, tracking_answers
 from trainables.data import DataError, SplitDataset
 from trainables.reporting import STOPPED_NO_IMPROVEMENT
 
@@ -271,7 +271,7 @@ def _finish_outlasting_outages(search: _Search, results: tune.ResultGrid, trials
         try:
             return _finish(search, results, trials, release_ray)
         except Exception:
-            if _tracking_answers(search.client):
+            if tracking_answers(search.client):
                 raise  # not an outage: the error is the search's own
             if not _wait_for_tracking(search.client, deadline, cfg):
                 raise TrackingBacklog(
@@ -281,21 +281,13 @@ def _finish_outlasting_outages(search: _Search, results: tune.ResultGrid, trials
                     "best and close the search's MLflow run") from None
 
 
-def _tracking_answers(client) -> bool:
-    try:
-        client.search_experiments(max_results=1)
-    except Exception:  # noqa: BLE001 - any failure to answer
-        return False
-    return True
-
-
 def _wait_for_tracking(client, deadline: float, cfg: HpsConfig) -> bool:
     """Wait until the tracking server answers or ``deadline`` passes; whether it answers."""
     log.warning("tracking server unavailable while the search closes; waiting up to %.0f s for it",
                 max(0.0, deadline - time.monotonic()))
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        if _tracking_answers(client):
+        if tracking_answers(client):
             log.warning("tracking server is back; closing the search")
             return True
     return False

@@ -221,7 +221,7 @@ class TrackingWriter:
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 if is_permanent(exc):
                     self._give_up(op, exc)
-                elif not self._server_answers():
+                elif not tracking_answers(self.client):
                     if self.outage_since is None:
                         self.outage_since = time.time()
                         log.warning("tracking server unavailable (%s); buffering writes until it is back",
@@ -261,17 +261,6 @@ class TrackingWriter:
         with self._cv:
             self._busy = False
             self._cv.wait(seconds)
-
-    def _server_answers(self) -> bool:
-        """Whether the tracking server answers a cheap request: tells an outage (wait it out) from a write that
-        fails on its own (give it up after a few tries)."""
-        try:
-            self.client.search_experiments(max_results=1)
-        except MlflowException as exc:
-            return is_permanent(exc)  # a definite refusal (e.g. permission) is an answer
-        except Exception:  # noqa: BLE001 - connection refused, timeout, ...
-            return False
-        return True
 
     def _give_up(self, op: Op, exc: Exception) -> None:
         entry = {"kind": op.kind, "key": op.key, "reason": _one_line(exc)}
@@ -403,6 +392,18 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100])
+
+
+def tracking_answers(client: MlflowClient) -> bool:
+    """Whether the tracking server answers a cheap request: tells an outage (wait it out) from an operation that
+    fails on its own."""
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as exc:
+        return is_permanent(exc)  # a definite refusal (e.g. permission) is an answer
+    except Exception:  # noqa: BLE001 - connection refused, timeout, ...
+        return False
+    return True
 
 
 def quick_failing_http() -> None:
