@@ -170,4 +170,12 @@ def check_this_host(cfg: HpsConfig, split, cpus: int | None = None, memory: int 
         raise ConfigError("resources.gpus_per_trial", f"{cfg.resources.gpus_per_trial:g} GPU per trial, but this host "
                           "has no GPU torch can use: no trial could ever start (set 0, or use --address to run on a "
                           "Ray cluster with GPUs)")
+    share = cfg.resources.gpus_per_trial
+    if 0 < share < 1 and gpus is None and host_gpus():  # the GPUs here are known: each must hold a trial's share
+        from trainables.device import DeviceError, allocator_fraction, smallest_gpu_bytes
+
+        try:
+            allocator_fraction(share, smallest_gpu_bytes())
+        except DeviceError as exc:
+            raise ConfigError("resources.gpus_per_trial", str(exc)) from None
     check_fits(cfg, shape_of(split), memory=memory)

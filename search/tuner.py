@@ -122,12 +122,17 @@ def _parent_run(client, parent: str, name: str, uri: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(parent)
+        run = client.get_run(parent)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise SearchNotFound(f"search {name!r}: its parent run {parent} is not on the tracking server {uri} (is "
                              "--tracking-uri the server the search was started with?)") from None
+    recorded = (run.data.tags.get("hps.search"), run.data.tags.get("hps.role"))
+    if recorded != (name, "search"):
+        raise SearchNotFound(f"search {name!r}: run {parent} on {uri} is not its parent run (it is tagged "
+                             f"hps.search={recorded[0]!r}, hps.role={recorded[1]!r})")
+    return run
 
 
 def resume_search(name: str, storage: str | None = None, tracking_uri: str | None = None,
@@ -137,6 +142,9 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     storage_path = storage_dir(storage)
     manifest = read_manifest(storage_path, name)
     cfg = parse_config(manifest["config"])
+    if cfg.name != name:  # a folder renamed or copied from another search: its Tune state names that search
+        raise SearchNotFound(f"the folder of search {name!r} in {storage_path} holds the state of search "
+                             f"{cfg.name!r} (renamed or copied?); resume that one by its own name")
     uri = tracking_uri or manifest["tracking_uri"]
     if tracking_uri:
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})

@@ -68,6 +68,9 @@ BAD_CASES = {
     "fractional GPUs above one": (with_change("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial", "one device"),
     # A trial trains on one device: a second whole GPU would sit idle while Ray counts it as busy.
     "two GPUs per trial": (with_change("resources.gpus_per_trial", 2), "resources.gpus_per_trial", "one device"),
+    # A share whose memory on even the largest GPU cannot hold a CUDA process's own context and workspaces.
+    "a GPU share too small for a context": (with_change("resources.gpus_per_trial", 0.002),
+                                            "resources.gpus_per_trial", "cannot hold a CUDA process's own"),
     "a CPU share Ray cannot schedule": (with_change("resources.cpus_per_trial", 1e-9), "resources.cpus_per_trial",
                                         "greater than or equal to 0.0001"),
     # A batch of one row cannot train batch norm; such batches were skipped, reporting a training loss of 0.

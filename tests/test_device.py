@@ -123,6 +123,19 @@ def test_a_whole_gpu_sets_no_memory_cap(monkeypatch):
 def test_more_than_one_gpu_per_trial_is_refused():
     assert D.gpu_request_error(2) is not None
     assert D.gpu_request_error(1) is None and D.gpu_request_error(0.25) is None and D.gpu_request_error(0) is None
+    assert "context" in D.gpu_request_error(0.5 / 192) and D.gpu_request_error(0.01) is None
+
+
+def test_a_share_too_small_for_this_hosts_gpu_is_refused_before_ray_starts(monkeypatch):
+    # 0.01 of a 16 GiB GPU is 0.16 GiB: less than a CUDA process holds outside the allocator.
+    from search import capacity
+    from search.config import ConfigError
+
+    monkeypatch.setattr(capacity, "host_gpus", lambda: 1)
+    monkeypatch.setattr(D, "smallest_gpu_bytes", lambda: 16 * 2**30)
+    cfg = SimpleNamespace(resources=SimpleNamespace(cpus_per_trial=1, gpus_per_trial=0.01))
+    with pytest.raises(ConfigError, match="cannot hold a CUDA process's own 0.50 GiB"):
+        capacity.check_this_host(cfg, split=None, cpus=2)
 
 
 def run(data, params=PARAMS, epochs=3, **kw):

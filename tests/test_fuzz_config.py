@@ -108,6 +108,42 @@ def test_arbitrary_text_as_a_config_file(tmp_path_factory, text):
     assert code == 2 and err.getvalue().count("\n") == 1 and "Traceback" not in err.getvalue()
 
 
+CONFIG_TEXT = yaml.safe_dump(BASE, allow_unicode=True)
+
+
+@st.composite
+def config_files(draw) -> tuple[str, bytes]:
+    """A config file as a user's editor may save it: the valid digits config in UTF-8 (plain or with a BOM),
+    Latin-1 (with an accented name), UTF-16; cut short at any byte; or binary garbage, empty, whitespace."""
+    kind = draw(st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16", "cut", "binary", "empty", "spaces"]))
+    if kind == "binary":
+        return kind, draw(st.binary(max_size=300))
+    if kind in ("empty", "spaces"):
+        return kind, b"" if kind == "empty" else draw(st.sampled_from([b"  ", b"\n\n", b"# a comment\n", b"---\n"]))
+    text = CONFIG_TEXT.replace("name: digits-mlp", "name: chiffres-\u00e9t\u00e9") if kind == "latin-1" else CONFIG_TEXT
+    raw = text.encode("utf-8" if kind == "cut" else kind)
+    return kind, raw[: draw(st.integers(0, len(raw)))] if kind == "cut" else raw
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=config_files())
+def test_a_config_file_in_any_encoding_or_cut_short_is_accepted_or_refused_in_one_line(tmp_path_factory, file):
+    kind, raw = file
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_bytes(raw)
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["validate", str(path)])
+    if code != 0:
+        assert_one_line_error(code, err.getvalue())
+    # A config cut short may still be whole YAML whose missing keys have defaults; these never are a config.
+    assert code == 2 or kind in ("utf-8", "utf-8-sig", "cut", "binary"), (kind, raw[:80])
+    assert code == 0 or kind not in ("utf-8", "utf-8-sig"), err.getvalue()
+
+
 NUMERIC_KEYS = ["scheduler.reduction_factor", "scheduler.max_epochs", "scheduler.grace_period", "search.num_samples",
                 "search.max_concurrent", "search.seed", "data.split.seed", "space.units.high", "space.n_layers.high",
                 "space.lr.high", "space.lr.low", "space.dropout.high", "resources.cpus_per_trial",

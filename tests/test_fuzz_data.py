@@ -128,3 +128,90 @@ def test_a_number_float32_cannot_hold_is_missing_not_infinite(tmp_path):
     data = split.trial_data()
     assert np.isfinite(data.x_train).all() and np.isfinite(data.x_val).all()
     assert abs(split.preprocessor.mean[0]) < 10  # imputed, not a mean of 1e298
+
+
+def idx_bytes(magic: int, shape: tuple[int, ...], rng: np.random.Generator) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in shape)
+    return header + rng.integers(0, 256, size=int(np.prod(shape)), dtype=np.uint8).tobytes()
+
+
+@FUZZ
+@given(images=st.integers(0, 30), labels_off=st.sampled_from([0, 0, 0, 1, -1]), side=st.integers(0, 4),
+       cut=st.one_of(st.none(), st.integers(0, 400)), which=st.sampled_from(["images", "labels"]),
+       gz=st.booleans(), bad_magic=st.booleans(), with_t10k=st.booleans())
+def test_generated_idx_files_load_or_are_refused_in_one_line(tmp_path, images, labels_off, side, cut, which, gz,
+                                                             bad_magic, with_t10k):
+    """MNIST-style folders with one defect: a file cut short at any byte (gzipped or not), a wrong magic number,
+    image and label counts that disagree, images of 0 pixels, no images at all, the t10k pair or not."""
+    import gzip
+    import tempfile
+    from pathlib import Path
+
+    rng = np.random.default_rng(images)
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by the generated examples
+    labels = max(images + labels_off, 0)
+    files = {"train-images-idx3-ubyte": idx_bytes(2051, (images, side, side), rng),
+             "train-labels-idx1-ubyte": idx_bytes(2049, (labels,), rng)}
+    if with_t10k:
+        files["t10k-images-idx3-ubyte"] = idx_bytes(2051, (5, side, side), rng)
+        files["t10k-labels-idx1-ubyte"] = idx_bytes(2049, (5,), rng)
+    damaged = f"train-{which}-idx{3 if which == 'images' else 1}-ubyte"
+    if bad_magic:
+        files[damaged] = (2049 if which == "images" else 2051).to_bytes(4, "big") + files[damaged][4:]
+    for name, raw in files.items():
+        raw = gzip.compress(raw) if gz else raw
+        if name == damaged and cut is not None:
+            raw = raw[:cut]
+        (folder / (name + (".gz" if gz else ""))).write_bytes(raw)
+    loads_or_is_refused(f"idx:{folder}")
+
+
+def table_rows(n: int, cells=lambda i: f"{(i * 37) % 11 - 5}.25") -> list[str]:
+    return [f"{cells(i)},{i % 3 * 0.5},{i % 2}" for i in range(n)]
+
+
+# Defective tables as users export them, each through a whole `hps run`: those the loader accepts must run to the
+# end with every run FINISHED; the others are refused in one line before any run exists.
+WHOLE_SEARCH_TABLES = {
+    "bom_odd_cells": ("\ufeffx,z,y\n" + "\n".join(table_rows(60, lambda i: ["NaN", "1e300", "", "inf"][i % 4]
+                                                               if i % 9 == 0 else f"{i % 7}.5")) + "\n").encode(),
+    "latin1_text_feature": ("x,couleur,y\n" + "\n".join(f"{i % 5}.5,{'éte' if i % 3 else 'hiver'},{i % 2}"
+                                                         for i in range(60)) + "\n").encode("latin-1"),
+    "ragged": ("x,z,y\n" + "\n".join(table_rows(60)[:30] + ["1.0,2.0"] + table_rows(60)[30:]) + "\n").encode(),
+    "header_only": b"x,z,y\n",
+    "target_missing": ("x,z,y\n" + "\n".join(r.rsplit(",", 1)[0] + "," for r in table_rows(40)) + "\n").encode(),
+    "one_class": ("x,z,y\n" + "\n".join(r.rsplit(",", 1)[0] + ",1" for r in table_rows(40)) + "\n").encode(),
+}
+
+
+@pytest.mark.parametrize("kind", WHOLE_SEARCH_TABLES)
+def test_a_defective_table_runs_a_whole_search_or_is_refused_before_it(kind, ray_session, mlflow_server, tmp_path,
+                                                                     capsys):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from search.cli import main
+
+    table = tmp_path / "table.csv"
+    table.write_bytes(WHOLE_SEARCH_TABLES[kind])
+    name = f"fuzz-{kind.replace('_', '-')}"
+    config = {"name": name, "data": {"source": f"csv:{table}", "target": "y", "split": {"val": 0.25, "test": 0.25}},
+              "space": {"units": 8, "lr": {"type": "float", "low": 1e-3, "high": 1e-2}, "batch_size": 16},
+              "search": {"num_samples": 2, "max_concurrent": 1}, "scheduler": {"max_epochs": 2, "grace_period": 1},
+              "tracking": {"uri": mlflow_server, "review_plots": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    address = ray_session.get_runtime_context().gcs_address
+    code = main(["run", str(path), "--address", address, "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    if code == 2:
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("hps: error: ") and "Traceback" not in err, err[-2000:]
+        assert not runs
+    else:
+        assert code == 0, err[-3000:]
+        assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert (code == 0) == (kind in ("bom_odd_cells", "ragged")), (code, err[-500:])

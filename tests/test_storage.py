@@ -156,3 +156,29 @@ def test_resuming_against_a_server_without_the_search_says_so_in_one_line(tmp_pa
     uri = sqlite_store(tmp_path / "other.db")
     with pytest.raises(SearchNotFound, match=r"^search 'digits': its parent run 0+ is not on the tracking server"):
         _parent_run(MlflowClient(uri), "0" * 32, "digits", uri)
+
+
+def test_resuming_with_the_run_of_another_search_or_a_renamed_folder_is_refused_in_one_line(tmp_path):
+    # A manifest naming a run that exists but is another search's parent (or a trial), and a search's folder copied
+    # or renamed to another name: each would continue the wrong records.
+    from mlflow.tracking import MlflowClient
+
+    from search.config import load_config
+    from search.tuner import _parent_run, resume_search
+    from tests.stores import sqlite_store
+
+    uri = sqlite_store(tmp_path / "other.db")
+    client = MlflowClient(uri)
+    other = client.create_run("0", tags={"hps.search": "wine", "hps.role": "search"}).info.run_id
+    with pytest.raises(SearchNotFound, match=r"^search 'digits': run \w+ on .* is not its parent run \(it is tagged "
+                                             r"hps.search='wine', hps.role='search'\)$"):
+        _parent_run(client, other, "digits", uri)
+    assert _parent_run(client, other, "wine", uri).info.run_id == other
+
+    config = load_config("configs/digits.yaml").model_dump(mode="json", by_alias=True)
+    storage = str(tmp_path / "runs")
+    write_manifest(storage, "copy", {"config": config, "parent_run_id": other, "experiment_id": "0",
+                                     "tracking_uri": uri})
+    (tmp_path / "runs" / "copy" / "tuner.pkl").write_bytes(b"")
+    with pytest.raises(SearchNotFound, match=r"^the folder of search 'copy' in .* holds the state of search 'digits-mlp'"):
+        resume_search("copy", storage)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from trainables.names import OUTSIDE_ALLOCATOR_BYTES
 from trainables.names import gpu_request_error  # noqa: F401 - the rule lives with the names `hps validate` checks
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,11 @@ def prepare_device(device: torch.device, gpu_share: float = 1.0) -> torch.device
     return device
 
 
-# What a CUDA process holds outside torch's caching allocator, which set_per_process_memory_fraction does not cap:
-# its context and the cuBLAS/cuDNN workspaces, 0.3-0.5 GB a process as reported on this project's issue tracker;
-# budgeted at the upper end so that 4 trials of 0.25 fit one GPU with everything they hold.
-OUTSIDE_ALLOCATOR_BYTES = 512 * 2**20
+
+
+def smallest_gpu_bytes() -> int:
+    """The memory of the smallest GPU this process sees (the one a fractional share must fit on any of them)."""
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
 
 
 def allocator_fraction(gpu_share: float, total_bytes: int, outside_bytes: int = OUTSIDE_ALLOCATOR_BYTES) -> float:

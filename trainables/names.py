@@ -94,10 +94,25 @@ def known_task(source: str, task: str) -> str:
     return IDX_TASK if kind == "idx" else task
 
 
+# What a CUDA process holds outside torch's caching allocator, which set_per_process_memory_fraction does not cap:
+# its context and the cuBLAS/cuDNN workspaces, 0.3-0.5 GB a process as reported on this project's issue tracker;
+# budgeted at the upper end so that 4 trials of 0.25 fit one GPU with everything they hold.
+OUTSIDE_ALLOCATOR_BYTES = 512 * 2**20
+# The most memory one GPU offers today (AMD MI300X / NVIDIA B200 class): a share that leaves no room for a
+# process's own memory even there fits no GPU, wherever the search runs.
+LARGEST_GPU_BYTES = 192 * 2**30
+
+
 def gpu_request_error(gpus_per_trial: float) -> str | None:
     """Why a per-trial GPU request cannot be honoured, or None: a trial trains on one device, so more than one whole
-    GPU would sit idle while the scheduler counts it as busy."""
+    GPU would sit idle while the scheduler counts it as busy; a share too small to hold a CUDA process's own memory
+    (:data:`OUTSIDE_ALLOCATOR_BYTES`) on the largest GPU cannot train anywhere (a known GPU is checked by
+    :func:`trainables.device.allocator_fraction` before Ray starts, and again in each trial)."""
     if gpus_per_trial > 1:
         return (f"gpus_per_trial {gpus_per_trial:g} is more than one GPU, but a trial trains on one device; "
                 "use 1, or a fraction such as 0.25 to share a GPU between trials")
+    if 0 < gpus_per_trial * LARGEST_GPU_BYTES <= OUTSIDE_ALLOCATOR_BYTES:
+        return (f"gpus_per_trial {gpus_per_trial:g} of even a {LARGEST_GPU_BYTES / 2**30:.0f} GiB GPU cannot hold a "
+                f"CUDA process's own {OUTSIDE_ALLOCATOR_BYTES / 2**30:.1f} GiB (context, cuBLAS workspace); "
+                "use a larger fraction")
     return None

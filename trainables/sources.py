@@ -140,6 +140,9 @@ def _load_sklearn(name: str) -> Table:
 def _read_frame(kind: str, path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except UnicodeDecodeError as exc:  # Latin-1 / cp1252 exports: say what to do, not the codec's words
+        raise DataError(f"{kind} file {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"position {exc.start}); save it as UTF-8 (spreadsheets: \"CSV UTF-8\")") from None
     except Exception as exc:  # parser errors come in many types; the user needs the file and the reason
         raise DataError(f"cannot read {kind} file {str(path)!r}: {reason(exc)}") from None
 
@@ -187,6 +190,8 @@ def _load_idx(directory: Path) -> Table:
         x, y = _read_idx(found[0], IDX_IMAGES_MAGIC), _read_idx(found[1], IDX_LABELS_MAGIC)
         if len(x) != len(y):
             raise DataError(f"IDX files in {str(directory)!r}: {names[0]} has {len(x)} images but {names[1]} {len(y)} labels")
+        if len(x) == 0 or x[0].size == 0:  # found by tests/test_fuzz_data.py: numpy cannot reshape 0 images
+            raise DataError(f"IDX file {str(found[0])!r} has no images or images of no pixels: shape {x.shape}")
         images.append(x.reshape(len(x), -1))
         labels.append(y)
     pixels = np.concatenate(images).astype(np.float32) / np.float32(255.0)
