@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast fuzz clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ test: install
 # The edit loop: every test not marked slow (no real search, no Ray), in under two minutes.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder
+
+# The fuzz harnesses' longer run (the suite tries 60 generated data files per kind): data files, IDX folders and
+# config files, 2000 each, without the whole-search cases (those are in `make test`).
+fuzz: install
+	HPS_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -m "not slow" -q tests/test_fuzz_data.py tests/test_fuzz_config.py
 
 clean:
 	rm -rf hps-runs mlruns.db .pytest_cache

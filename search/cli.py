@@ -41,8 +41,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Check a config without running anything."""
     from search.capacity import check_fits
 
+    from search.network import check_network
+
     cfg = load_config(args.config, _overrides(args))
     check_fits(cfg)  # the largest network the space allows, on this host (the data is sized when `hps run` loads it)
+    # A user's network: its file, its name and its signature against the space (`hps run` then builds and runs it
+    # on a few rows of the data before Ray starts).
+    check_network(cfg)
     print(f"{args.config}: ok ({cfg.name}: {len(cfg.space)} space entries, {cfg.search.num_samples} trials, "
           f"{cfg.scheduler.type} up to {cfg.scheduler.max_epochs} epochs, metric {cfg.search.metric} ({cfg.search.mode}))")
     return 0

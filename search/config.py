@@ -46,6 +46,7 @@ from trainables.names import (
     source_error,
     target_error,
 )
+from trainables.network import LOOP_PARAMS, builder_syntax_error, is_file_builder
 from trainables.params import (  # noqa: F401 - the DEFAULT_* are re-exported for search.capacity
     DEFAULT_BATCH_SIZE,
     DEFAULT_N_LAYERS,
@@ -431,6 +432,17 @@ class EvaluateConfig(_Strict):
     refit: bool | None = None
 
 
+class ModelConfig(_Strict):
+    """The user's own network (docs/networks.md): the class or function that builds it, in a file beside the config
+    (``models/cnn.py:DigitsCNN``, resolved against the config's folder) or an importable module
+    (``mypkg.nets:build``). Without this section every trial trains the built-in MLP."""
+
+    builder: Annotated[str, ruled_by(builder_syntax_error)]
+    # Each row's flat feature columns reshaped to this before the network sees them ([1, 8, 8]: 8x8 one-channel
+    # images); also passed to a builder that takes ``input_shape``.
+    input_shape: list[PositiveInt] | None = Field(default=None, min_length=1, max_length=8)
+
+
 class LimitsConfig(_Strict):
     """Upper bounds on what a config may ask for, so a typo (``units: 1000000``, ``num_samples: 1e9``) is refused
     at once instead of exhausting the machine. They are ceilings, not settings: raise one here when a search
@@ -462,6 +474,7 @@ class HpsConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     limits: LimitsConfig = LimitsConfig()
+    model: ModelConfig | None = None  # a user's network; None: the built-in MLP
 
     @model_validator(mode="after")
     def _within_limits(self) -> HpsConfig:
@@ -493,6 +506,9 @@ class HpsConfig(_Strict):
         if self.resources.pack > 1 and self.data.split.folds:
             raise ValueError(f"resources.pack: {self.resources.pack} cannot go with data.split.folds: "
                              f"{self.data.split.folds}: a cross-validated trial trains a model per fold (set pack: 1)")
+        if self.resources.pack > 1 and self.model is not None:
+            raise ValueError(f"resources.pack: {self.resources.pack} cannot go with model.builder: packing stacks "
+                             "the built-in MLP only (set pack: 1)")
         if self.resources.pack > 1 and self.training.compile:
             raise ValueError(f"resources.pack: {self.resources.pack} cannot go with training.compile: packed trials "
                              "train as one stacked computation, which is not compiled (set pack: 1 or compile: false)")
@@ -514,14 +530,20 @@ class HpsConfig(_Strict):
         return self.search.seed or 0
 
 
-def _check_space(space: dict, limits: LimitsConfig | None = None) -> None:
+def _check_space(space: dict, limits: LimitsConfig | None = None, custom_network: bool = False) -> None:
     """Checks that need the whole space: known names, legal values, ``if:`` and ``per_layer`` references, and the
-    ``limits`` on sizes."""
+    ``limits`` on sizes. With a user's network only the loop's own hyperparameters are checked here; the others
+    are the builder's, checked against its signature (search.network) once its code is read."""
     limits = limits or LimitsConfig()
     caps = {"units": ("max_units", limits.max_units), "n_layers": ("max_layers", limits.max_layers),
             "batch_size": ("max_batch_size", limits.max_batch_size)}
     for name, spec in space.items():
         key = f"space.{name}"
+        if custom_network and name not in LOOP_PARAMS:
+            if isinstance(spec, Distribution) and spec.per_layer:
+                raise ConfigError(f"{key}.per_layer", "per_layer is for the built-in MLP; a builder takes one value")
+            _check_references(space, name, spec)
+            continue
         if name not in HYPERPARAMETERS:
             raise ConfigError(key, f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
         for field, value in _space_values(spec):
@@ -535,17 +557,24 @@ def _check_space(space: dict, limits: LimitsConfig | None = None) -> None:
             continue
         if spec.per_layer and name not in PER_LAYER:
             raise ConfigError(f"{key}.per_layer", f"only {', '.join(PER_LAYER)} can be set per layer")
-        for other in spec.if_ or {}:
-            if other not in space:
-                raise ConfigError(f"{key}.if", f"refers to {other!r}, which is not in the space")
-            if other == name:
-                raise ConfigError(f"{key}.if", "a parameter cannot depend on itself")
+        _check_references(space, name, spec)
     # Batch norm's statistics need two rows a batch: a space that can pair batch_size 1 with it is refused here
     # (training once skipped such batches and reported a training loss of 0 for a model it never trained).
-    if _can_take(space, "batch_size", 1) and _can_take(space, "norm", "batch"):
+    if not custom_network and _can_take(space, "batch_size", 1) and _can_take(space, "norm", "batch"):
         raise ConfigError("space.batch_size", "batch_size 1 cannot go with norm: batch (batch norm needs at least 2 "
                           "rows a batch); raise batch_size's lower bound or leave batch norm out of the space")
     sample_order(space)
+
+
+def _check_references(space: dict, name: str, spec: Any) -> None:
+    """A distribution's ``if:`` names other entries of the space."""
+    if not isinstance(spec, Distribution):
+        return
+    for other in spec.if_ or {}:
+        if other not in space:
+            raise ConfigError(f"space.{name}.if", f"refers to {other!r}, which is not in the space")
+        if other == name:
+            raise ConfigError(f"space.{name}.if", "a parameter cannot depend on itself")
 
 
 def _can_take(space: dict, name: str, value: Any) -> bool:
@@ -621,7 +650,7 @@ def parse_config(raw: Any) -> HpsConfig:
     except ValidationError as exc:
         error = exc.errors()[0]
         raise ConfigError(_format_loc(error["loc"]), _format_msg(error)) from None
-    _check_space(cfg.space, cfg.limits)
+    _check_space(cfg.space, cfg.limits, custom_network=cfg.model is not None)
     _check_task_metric(cfg)
     return cfg
 
@@ -685,8 +714,19 @@ def load_raw(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> HpsConfig:
-    """Load, override and validate a config file."""
-    return parse_config(apply_overrides(load_raw(path), overrides or []))
+    """Load, override and validate a config file. A network builder's file is found beside the config file."""
+    cfg = parse_config(apply_overrides(load_raw(path), overrides or []))
+    return with_absolute_builder(cfg, Path(path).resolve().parent)
+
+
+def with_absolute_builder(cfg: HpsConfig, base_dir: str | Path) -> HpsConfig:
+    """``cfg`` with its builder file (if any, and relative) resolved against ``base_dir``: the resolved config is
+    what the search records and `hps resume` reads back, from whatever folder it runs in."""
+    if cfg.model is None or not is_file_builder(cfg.model.builder):
+        return cfg
+    location, _, attribute = cfg.model.builder.rpartition(":")
+    builder = f"{Path(base_dir, location).resolve()}:{attribute}"
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"builder": builder})})
 
 
 def config_to_yaml(cfg: HpsConfig) -> str:

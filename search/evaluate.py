@@ -32,6 +32,7 @@ from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, s
 from trainables.data import DataError, Preprocessor, TrialData
 from trainables.device import local_device
 from trainables.model import Architecture
+from trainables.network import CustomArchitecture
 from trainables.metrics import metric_mode
 from trainables.test_metrics import classification_report_metrics, regression_report_metrics
 from trainables.predict import model_outputs, probabilities, regression_values
@@ -238,8 +239,9 @@ def _evaluated_model(
     return ensemble_dir, members
 
 
-# Retrains a configuration: (params, data, epochs) -> (architecture, weights), as train_epochs with its settings bound.
-Retrain = Callable[[dict, TrialData, int], tuple[Architecture, dict]]
+# Retrains a configuration: (params, data, epochs, network=...) -> (architecture, weights), as train_epochs with its
+# settings bound.
+Retrain = Callable[..., tuple[Architecture | CustomArchitecture, dict]]
 
 
 def _retrainer(cfg: HpsConfig) -> Retrain:
@@ -253,7 +255,9 @@ def _refit(trial: str, description: dict, data: TrialData, retrain: Retrain, fol
     """Retrain a trial's configuration on ``data`` for its kept epoch count; save it as a model folder."""
     epochs = max(1, int(description.get("epoch", 1)))
     try:
-        arch, weights = retrain(description["params"], data, epochs)
+        # A user's network retrains from the code its trial trained with (recorded in the model's description).
+        arch, weights = retrain(description["params"], data, epochs,
+                                network=description["architecture"].get("network"))
     except FloatingPointError as exc:
         raise ModelNotFound(
             f"retraining trial {trial} on train+validation failed ({exc}); evaluate with --no-refit") from None

@@ -52,7 +52,9 @@ def resolve_model(client: MlflowClient, reference: str, directory: str) -> tuple
     `hps evaluate` tested, or before that the best trial's).
 
     Only the JSON description and the weights are read (``weights_only=True``): nothing from the artifact store
-    is executed or unpickled. ``models:/`` and ``runs:/`` resolve against the client's server and its registry.
+    is unpickled, and nothing is executed except, for a search of the user's own network, that network's builder
+    code recorded with the model (docs/networks.md). ``models:/`` and ``runs:/`` resolve against the client's
+    server and its registry.
     """
     if reference.startswith(("models:/", "runs:/")):
         try:

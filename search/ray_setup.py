@@ -19,6 +19,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from search.config import HpsConfig
 from search.log_filters import DropPrefix
+from search.network import network_code
 from search.packing import (
     PackRelease,
     PackServers,
@@ -115,7 +116,15 @@ def train_settings(cfg: HpsConfig) -> TrainSettings:
         gpu_share=cfg.resources.gpus_per_trial if 0 < cfg.resources.gpus_per_trial < 1 else 1.0,
         decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
         patience=cfg.scheduler.patience,
+        network=_network_dict(cfg),
     )
+
+
+def _network_dict(cfg: HpsConfig) -> dict | None:
+    """The user's network code every trial builds from (its text travels with the settings, through Ray's object
+    store, to whichever node runs the trial); None for the built-in MLP."""
+    code = network_code(cfg)
+    return code.to_dict() if code is not None else None
 
 
 def pack_servers(cfg: HpsConfig, data):

@@ -19,9 +19,10 @@ from mlflow.entities import RunTag
 from ray import tune
 
 from search.capacity import check_this_host
-from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config
+from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config, with_absolute_builder
 from search.connection import connect
 from search.dataset import split_from_config, with_absolute_source
+from search.network import check_network, network_code
 from search.errors import SearchFailed, SearchInterrupted, SearchNotFound, TrackingBacklog, TrackingError
 from search.leaderboard import leaderboard, trial_runs
 from search.progress import ProgressPrinter
@@ -54,6 +55,7 @@ from search.storage import (
 from search.tracking import TrialRunLogger, experiment_id, finish_search_run, log_model_artifacts, start_search_run
 from search.writer import TrackingWriter, describe_given_up, quick_failing_http, tracking_answers
 from trainables.data import DataError, SplitDataset
+from trainables.network import NetworkError
 from trainables.reporting import STOPPED_NO_IMPROVEMENT
 
 __all__ = [
@@ -89,9 +91,10 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     ``notify`` then with each line worth telling the user (the warm start's kept and dropped trials).
     """
     # --- everything that can fail on bad input happens before Ray starts or any run is created ---
-    cfg = with_absolute_source(cfg)
+    cfg = with_absolute_builder(with_absolute_source(cfg), ".")
     split = split_from_config(cfg)  # data options are passed on in search.dataset
     check_metric_for_task(cfg, split.task)
+    network = check_network(cfg, split)
     if address is None:  # trials run on this host: its CPUs and memory must hold them (a cluster's are Ray's)
         check_this_host(cfg, split)
     client = connect(cfg.tracking.uri)
@@ -107,7 +110,8 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
     warmstart.record(client, parent, warm)
     write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
-                                            "tracking_uri": cfg.tracking.uri})
+                                            "tracking_uri": cfg.tracking.uri,
+                                            "network_sha256": network.sha256 if network else None})
     search = _Search(cfg, client, exp_id, parent, storage_path, split.trial_folds())
 
     def make_tuner(servers: tuple[str, ...] | None) -> tune.Tuner:
@@ -163,6 +167,10 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     if split.fingerprint != recorded:
         raise DataError(f"the data changed since the search started (split fingerprint {split.fingerprint} != "
                         f"{recorded}); it cannot be resumed on different data")
+    network = network_code(cfg)
+    if network is not None and network.sha256 != manifest.get("network_sha256"):
+        raise NetworkError(f"{cfg.model.builder.rpartition(':')[0]} changed since the search started; its trials "
+                           "must resume with the code they trained with (restore the file, or start a new search)")
     client.update_run(parent, status="RUNNING")
     search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path, split.trial_folds(), given_up)
 

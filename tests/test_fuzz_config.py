@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -125,7 +126,8 @@ def config_files(draw) -> tuple[str, bytes]:
     return kind, raw[: draw(st.integers(0, len(raw)))] if kind == "cut" else raw
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("HPS_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(file=config_files())
 def test_a_config_file_in_any_encoding_or_cut_short_is_accepted_or_refused_in_one_line(tmp_path_factory, file):
     kind, raw = file

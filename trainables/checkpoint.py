@@ -1,7 +1,8 @@
 """Trial checkpoints and model artifacts on disk, without pickle.
 
 A checkpoint directory holds ``state.pt`` (weights, optimizer state, epoch, best-so-far bookkeeping) and a
-``model/`` folder: the best epoch's weights (``weights.pt``) and ``model.json`` (architecture + preprocessing).
+``model/`` folder: the best epoch's weights (``weights.pt``), ``model.json`` (architecture + preprocessing) and, for
+a user's network, its builder's file under ``code/``.
 ``model/`` is exactly what gets uploaded to MLflow as the trial's model. Everything is loaded with
 ``torch.load(..., weights_only=True)``, which refuses to execute code from the file.
 """
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from trainables.checkpoint_files import DESCRIPTION_FILE, MODEL_DIR, STATE_FILE, WEIGHTS_FILE
-from trainables.model import Architecture, Ensemble, build_mlp
+from trainables.model import Ensemble, architecture_from_dict
+from trainables.network import CODE_DIR
 
 
 def save_checkpoint(directory: str | Path, state: dict, description: dict) -> None:
@@ -34,7 +36,17 @@ def checkpoint_files(state: dict, description: dict) -> dict[str, bytes]:
     resume_state = {k: v for k, v in state.items() if k != "best_model"}
     model_description = {**description, "epoch": state["best_epoch"]}
     return {STATE_FILE: _torch_bytes(resume_state), f"{MODEL_DIR}/{WEIGHTS_FILE}": _torch_bytes(state["best_model"]),
-            f"{MODEL_DIR}/{DESCRIPTION_FILE}": json.dumps(model_description, indent=2).encode()}
+            f"{MODEL_DIR}/{DESCRIPTION_FILE}": json.dumps(model_description, indent=2).encode(),
+            **{f"{MODEL_DIR}/{path}": text for path, text in network_files(description).items()}}
+
+
+def network_files(description: dict) -> dict[str, bytes]:
+    """A user's network file as its model folder shows it (``code/cnn.py``), for people and the MLflow UI to read;
+    loading uses the copy inside ``model.json``, so the two never disagree about what runs."""
+    network = description.get("architecture", {}).get("network")
+    if not network:
+        return {}
+    return {f"{CODE_DIR}/{Path(network['filename']).name}": network["source"].encode()}
 
 
 def _torch_bytes(obj) -> bytes:
@@ -57,6 +69,9 @@ def save_model(directory: str | Path, weights: dict, description: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(weights, directory / WEIGHTS_FILE)
     (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
+    for path, text in network_files(description).items():
+        (directory / path).parent.mkdir(parents=True, exist_ok=True)
+        (directory / path).write_bytes(text)
 
 
 def save_ensemble(directory: str | Path, member_dirs: list[Path], description: dict) -> None:
@@ -82,7 +97,7 @@ def load_model(directory: str | Path) -> tuple[nn.Module, dict]:
     if "ensemble" in description:
         members = [load_model(directory / _member_name(name))[0] for name in description["ensemble"]]
         return Ensemble(members, description["preprocessor"]["task"]).eval(), description
-    model = build_mlp(Architecture.from_dict(description["architecture"]))
+    model = architecture_from_dict(description["architecture"]).build()
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
     return model.eval(), description
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.names import ACTIVATIONS, NORMS
+from trainables.network import BuilderSignature, CustomArchitecture, NetworkCode, builder_arguments
 from trainables.params import default
 
 
@@ -38,6 +39,15 @@ class Architecture:
         """Inverse of :meth:`to_dict`."""
         return cls(**{**data, "hidden": tuple(data["hidden"])})
 
+    def build(self) -> nn.Sequential:
+        """The network (see :func:`build_mlp`)."""
+        return build_mlp(self)
+
+
+def architecture_from_dict(data: dict) -> Architecture | CustomArchitecture:
+    """The architecture a model's description holds: the built-in MLP, or a user's network (with its code)."""
+    return CustomArchitecture.from_dict(data) if "network" in data else Architecture.from_dict(data)
+
 
 def hidden_sizes(params: dict) -> tuple[int, ...]:
     """Hidden layer widths from trial params: ``units_0..units_{n-1}`` if present, else ``units`` repeated."""
@@ -45,8 +55,15 @@ def hidden_sizes(params: dict) -> tuple[int, ...]:
     return tuple(int(params.get(f"units_{i}", params.get("units", default("units")))) for i in range(n_layers))
 
 
-def architecture_from_params(params: dict, n_features: int, n_outputs: int) -> Architecture:
-    """The architecture a trial's hyperparameters describe."""
+def architecture_from_params(params: dict, n_features: int, n_outputs: int, network: NetworkCode | None = None,
+                             n_classes: int | None = None) -> Architecture | CustomArchitecture:
+    """The architecture a trial's hyperparameters describe: the built-in MLP, or with ``network`` the user's
+    builder called with the data's shape (``n_classes``: the task's classes, 1 for a regression) and the
+    hyperparameters it takes."""
+    if network is not None:
+        arguments = builder_arguments(BuilderSignature.of(network.load()), params)
+        classes = n_outputs if n_classes is None else n_classes
+        return CustomArchitecture(network, n_features, n_outputs, classes, arguments)
     return Architecture(
         n_features=n_features,
         n_outputs=n_outputs,

@@ -34,3 +34,5 @@ class TrainSettings:
     # Early stopping: end the trial once ``metric``'s best value has not improved for this many epochs (None: off).
     # Its last report carries STOPPED_NO_IMPROVEMENT and a checkpoint holding the best epoch's weights.
     patience: int | None = None
+    # A user's network (trainables.network.NetworkCode.to_dict(): the builder and its file's text); None: the MLP.
+    network: dict | None = None

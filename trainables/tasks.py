@@ -44,7 +44,7 @@ def check_target(target: pd.Series, task: str) -> None:
         return
     n_classes = target.nunique()
     if n_classes < 2:
-        raise DataError(f"target {name!r} has only one class ({_plain(target.iloc[0])!r}); a classifier needs at least two")
+        raise DataError(f"target {name!r} has only one class ({plain_value(target.iloc[0])!r}); a classifier needs at least two")
     if task == "binary" and n_classes != 2:
         raise DataError(f"task is binary but target {name!r} has {n_classes} classes")
 
@@ -62,7 +62,3 @@ def label_name(value: Any) -> str:
         return str(int(value))
     return str(value)
 
-
-def _plain(value):
-    """A numpy scalar as the Python value it holds (``1``, not ``np.int64(1)``), for messages."""
-    return value.item() if hasattr(value, "item") else value

@@ -22,7 +22,8 @@ from torch import nn
 
 from trainables.device import memory_budget, prepare_device, same_device
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
-from trainables.model import Architecture, architecture_from_params, build_mlp, parameter_count
+from trainables.model import Architecture, architecture_from_params, parameter_count
+from trainables.network import CustomArchitecture, NetworkCode
 from trainables.names import OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, is_last_report
@@ -266,7 +267,7 @@ def divergence_reason(train_loss: float) -> str:
     return f"training loss became {train_loss}" if not math.isfinite(train_loss) else "outputs became infinite"
 
 
-def describe(arch: Architecture, data: TrialData, params: dict) -> dict:
+def describe(arch: Architecture | CustomArchitecture, data: TrialData, params: dict) -> dict:
     """The JSON description a trial's snapshots (and so its model artifact) carry."""
     return {"architecture": arch.to_dict(), "preprocessor": data.preprocessor, "params": params}
 
@@ -276,7 +277,7 @@ class _Fold:
     """One model in training with its data: a trial has one, or one per cross-validation fold."""
 
     data: TrialData
-    arch: Architecture
+    arch: Architecture | CustomArchitecture
     model: nn.Module
     net: nn.Module  # the model, compiled when asked
     optimizer: torch.optim.Optimizer
@@ -287,7 +288,8 @@ class _Fold:
     @classmethod
     def build(cls, params: dict, data: TrialData, settings: TrainSettings, device: torch.device, index: int) -> _Fold:
         # Fold 0 trains exactly as a trial without folds (and as its refit); others get their own initialization.
-        seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device, FOLD_SEED_STRIDE * index)
+        seed, arch, model, optimizer, loss_fn = _setup(params, data, settings.seed, device, FOLD_SEED_STRIDE * index,
+                                                       settings.network)
         tensors = _place_data(data, device, settings.stream, settings.gpu_share)
         fold = cls(data, arch, model, model, optimizer, loss_fn, tensors, seed)
         if settings.compile:
@@ -326,15 +328,15 @@ def _mean_over_folds(results: list[dict[str, float]], sizes: list[int]) -> dict[
 
 
 def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0, device: str | torch.device = "cpu",
-                 amp: bool = False) -> tuple[Architecture, dict]:
+                 amp: bool = False, network: dict | None = None) -> tuple[Architecture | CustomArchitecture, dict]:
     """Train a configuration for exactly ``epochs`` epochs on ``data``'s training rows and return its architecture and
     final weights (on the CPU). Nothing is held out, so nothing is selected: this is the retraining of a chosen
     configuration on training + validation rows ("refit"), with the same initialization, batch-order and precision
-    rules as :func:`train_trial` (``amp`` as the trials had it). Raises ``FloatingPointError`` if the training loss
-    stops being finite.
+    rules as :func:`train_trial` (``amp`` as the trials had it; ``network`` the user's network they trained, as
+    :attr:`TrainSettings.network`). Raises ``FloatingPointError`` if the training loss stops being finite.
     """
     torch_device = prepare_device(device)
-    seed, arch, model, optimizer, loss_fn = _setup(params, data, base_seed, torch_device)
+    seed, arch, model, optimizer, loss_fn = _setup(params, data, base_seed, torch_device, network=network)
     # Resident or streamed by the same rule as the trials: the pooled rows are larger than a trial's training rows.
     resident = _fits_on_device(data.x_train.nbytes + data.y_train.nbytes, torch_device)
     x, y = (torch.tensor(a, device=torch_device if resident else None) for a in (data.x_train, data.y_train))
@@ -348,15 +350,24 @@ def train_epochs(params: dict, data: TrialData, epochs: int, base_seed: int = 0,
     return arch, _cpu_copy(model.state_dict())
 
 
-def _setup(params: dict, data: TrialData, base_seed: int, device: torch.device, seed_offset: int = 0):
+def _setup(params: dict, data: TrialData, base_seed: int, device: torch.device, seed_offset: int = 0,
+           network: dict | None = None):
     """Seed, architecture, network, optimizer and loss of a configuration: the same for a trial and its refit."""
     seed = trial_seed(params, base_seed) + seed_offset
     torch.manual_seed(seed)
-    prep = data.preprocessor
-    n_outputs = len(prep["classes"]) if data.task == "multiclass" else 1
-    arch = architecture_from_params(params, data.x_train.shape[1], n_outputs)
-    model = build_mlp(arch).to(device)
+    arch = data_architecture(params, data, network)
+    model = arch.build().to(device)
     return seed, arch, model, make_optimizer(params, model), loss_function(data.task, params.get("loss"))
+
+
+def data_architecture(params: dict, data: TrialData, network: dict | None = None) -> Architecture | CustomArchitecture:
+    """The architecture of a configuration on ``data``: its features in, the task's outputs out (a class count for
+    multiclass, 1 for binary and regression); ``network``: a user's network (:attr:`TrainSettings.network`)."""
+    prep = data.preprocessor
+    n_classes = len(prep["classes"]) if data.task != "regression" else 1
+    n_outputs = n_classes if data.task == "multiclass" else 1
+    code = NetworkCode.from_dict(network) if network is not None else None
+    return architecture_from_params(params, data.x_train.shape[1], n_outputs, code, n_classes)
 
 
 def _place_data(data: TrialData, device: torch.device, stream: bool | None, gpu_share: float = 1.0) -> list[torch.Tensor]:
