@@ -151,14 +151,10 @@ def test_mlflow_scoring_server_answers_csv_and_json_like_hps_predict(csv_search,
     """Issue 14: `mlflow models serve` refused text/csv bodies (columns typed `any`). A real scoring server for the
     champion, asked with CSV, dataframe_split and dataframe_records: integer columns, gaps, an unseen category."""
     import json as jsonlib
-    import os
-    import subprocess
-    import sys
-    import time
 
     import requests
 
-    from tests.conftest import free_port, stop_process_group
+    from tests.serving import scoring_server
 
     rows = make_table(8, 5).drop(columns=["mpg", "name"])
     rows.loc[0, "origin"] = "mars"  # unseen category
@@ -169,26 +165,7 @@ def test_mlflow_scoring_server_answers_csv_and_json_like_hps_predict(csv_search,
     predict_file(mlflow_server, "models:/eval-cars@champion", str(tmp_path / "rows.csv"), str(tmp_path / "hps.csv"))
     by_hps = pd.read_csv(tmp_path / "hps.csv")["prediction"].to_numpy()
 
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}  # it runs uvicorn from PATH
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/eval-cars@champion",
-                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "scoring server did not start"
-            time.sleep(0.5)
-
+    with scoring_server("models:/eval-cars@champion", mlflow_server, tmp_path) as url:
         csv_text = (tmp_path / "rows.csv").read_text()
         assert csv_text.splitlines()[3].split(",")[3] == ""  # the integer column's gap is an empty cell
         records = jsonlib.loads(rows.astype(object).where(rows.notna(), None).to_json(orient="records"))
@@ -205,9 +182,6 @@ def test_mlflow_scoring_server_answers_csv_and_json_like_hps_predict(csv_search,
             assert answer.status_code == 200, (name, answer.text[:500])
             served = pd.DataFrame(answer.json()["predictions"])["prediction"].to_numpy(dtype=float)
             assert np.allclose(served, by_hps, rtol=1e-5), (name, served, by_hps)
-    finally:
-        stop_process_group(server)
-        log.close()
 
 
 def test_bad_registry_name_and_unusable_predict_files_fail_before_anything_is_used(csv_search, mlflow_server,

@@ -37,6 +37,7 @@ from mlflow.tracking import MlflowClient
 
 from search.leaderboard import find_search_run, trial_runs
 from tests.conftest import ROOT, free_port, load_yaml, shrink
+from tests.user_networks import COURSE_NOTES_MLP
 from trainables.checkpoint import load_model
 
 pytestmark = pytest.mark.slow
@@ -242,6 +243,11 @@ def _search_config(tmp_path: Path, name: str, tracking_uri: str) -> Path:
     raw = shrink(load_yaml("digits.yaml"), name, tracking_uri, num_samples=NUM_SAMPLES, max_epochs=MAX_EPOCHS,
                  max_concurrent=2)
     raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}  # one trial fills a node: 2 at a time → 2 nodes
+    # The user's own network (the course notes' MLP, in a file beside the config): its code must reach the trials
+    # of both nodes, which read it from the trial's settings (Ray's object store), never from this folder.
+    (tmp_path / "notes_mlp.py").write_text(COURSE_NOTES_MLP)
+    raw["model"] = {"builder": "notes_mlp.py:MultilayerPerceptron"}
+    raw["space"] = {key: raw["space"][key] for key in ("lr", "weight_decay", "batch_size")}
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw))
     return config
@@ -296,12 +302,13 @@ def test_search_spreads_trials_over_two_nodes_and_uploads_models_through_the_ser
     for child in children:
         assert child.info.artifact_uri.startswith("mlflow-artifacts:"), child.info.artifact_uri
         assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {
-            "model/weights.pt", "model/model.json"
+            "model/weights.pt", "model/model.json", "model/code"
         }
     worker_trial = next(c for c in children if c.data.tags["node_id"] != head_id)
     local = client.download_artifacts(worker_trial.info.run_id, "model", str(cwd / "download"))
     _model, description = load_model(local)
     assert description["epoch"] == int(worker_trial.data.metrics["best_epoch"])
+    assert description["architecture"]["network"]["source"] == COURSE_NOTES_MLP  # trained on the worker node
 
 
 def test_the_shared_storage_holds_the_state_of_both_nodes(searched, s3_endpoint):
