@@ -37,7 +37,7 @@ def register_champion(
                     name="champion_model",
                     python_model=str(SERVING_CODE),
                     artifacts={"model": str(model_dir)},
-                    code_paths=[str(TRAINABLES_DIR)],
+                    code_paths=[str(TRAINABLES_DIR), *network_module_paths(model_dir)],
                     signature=signature,
                     input_example=example,
                     # Listing requirements skips MLflow's slow environment inference.
@@ -50,6 +50,24 @@ def register_champion(
     client.set_registered_model_alias(registered_name, CHAMPION, version.version)
     client.set_model_version_tag(registered_name, version.version, "hps.search", parent.data.tags.get("hps.search", ""))
     return f"models:/{registered_name}@{CHAMPION}"
+
+
+def network_module_paths(model_dir: Path) -> list[str]:
+    """The installed code a module builder's network (``mypkg.nets:build``) imports, for MLflow to carry with the
+    champion (``code_paths``): each such module's top-level package folder (or single file). A file builder's code
+    is inside the model folder already."""
+    import importlib.util
+    import json
+
+    paths: list[str] = []
+    for description in sorted(Path(model_dir).rglob("model.json")):
+        module = (json.loads(description.read_text()).get("architecture") or {}).get("network", {}).get("module")
+        spec = importlib.util.find_spec(module.split(".")[0]) if module else None
+        if spec is None:
+            continue
+        location = list(spec.submodule_search_locations or []) or [spec.origin]
+        paths += [str(p) for p in location if p and str(p) not in paths]
+    return paths
 
 
 def _output_signature(predictions: pd.DataFrame) -> ModelSignature:

@@ -149,6 +149,10 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     if cfg.name != name:  # a folder renamed or copied from another search: its Tune state names that search
         raise SearchNotFound(f"the folder of search {name!r} in {storage_path} holds the state of search "
                              f"{cfg.name!r} (renamed or copied?); resume that one by its own name")
+    network = network_code(cfg)
+    if network is not None and network.sha256 != manifest.get("network_sha256"):
+        raise NetworkError(f"{cfg.model.builder.rpartition(':')[0]} changed since the search started; its trials "
+                           "resume with the code they trained with (restore the file, or start a new search)")
     uri = tracking_uri or manifest["tracking_uri"]
     if tracking_uri:
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
@@ -167,10 +171,6 @@ def resume_search(name: str, storage: str | None = None, tracking_uri: str | Non
     if split.fingerprint != recorded:
         raise DataError(f"the data changed since the search started (split fingerprint {split.fingerprint} != "
                         f"{recorded}); it cannot be resumed on different data")
-    network = network_code(cfg)
-    if network is not None and network.sha256 != manifest.get("network_sha256"):
-        raise NetworkError(f"{cfg.model.builder.rpartition(':')[0]} changed since the search started; its trials "
-                           "must resume with the code they trained with (restore the file, or start a new search)")
     client.update_run(parent, status="RUNNING")
     search = _Search(cfg, client, manifest["experiment_id"], parent, storage_path, split.trial_folds(), given_up)
 

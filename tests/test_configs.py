@@ -12,8 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.config import parse_config
+from search.config import parse_config, with_absolute_builder
 from search.dataset import split_from_config
+from search.network import check_network
 from search.space import define_by_run
 from search.tuner import asha_rungs, run_search
 from tests.conftest import CONFIGS, shrink
@@ -33,7 +34,9 @@ def tiny_config(path, tmp_path, uri: str = "sqlite:///mlruns.db"):
     raw = yaml.safe_load(path.read_text())
     if raw["data"]["source"].startswith("idx:"):
         raw["data"]["source"] = f"idx:{write_idx(tmp_path / 'idx', n_train=100, n_test=20, side=28)}"
-    return parse_config(shrink(raw, f"tiny-{path.stem}", uri, num_samples=2, max_epochs=2))
+    # A network builder is found beside the config, as `hps run CONFIG` finds it.
+    return with_absolute_builder(parse_config(shrink(raw, f"tiny-{path.stem}", uri, num_samples=2, max_epochs=2)),
+                                 path.parent)
 
 
 def sampled_params(cfg, seed: int) -> dict:
@@ -62,7 +65,8 @@ def test_reference_config_trains_a_trial(path, tmp_path):
         params = sampled_params(cfg, seed)
         settings = TrainSettings(max_epochs=2, metric=metric, seed=cfg.training_seed,
                                  checkpoint_every=cfg.training.checkpoint_every,
-                                 decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset())
+                                 decision_epochs=asha_rungs(cfg) if cfg.scheduler.type == "asha" else frozenset(),
+                                 network=code.to_dict() if (code := check_network(cfg, split)) else None)
         reports = []
         train_trial(params, folds if len(folds) > 1 else folds[0], settings, lambda m, s: reports.append((m, s)))
         assert [m["epoch"] for m, _ in reports] == [1, 2], (params, [m for m, _ in reports])

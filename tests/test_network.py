@@ -5,6 +5,7 @@ starts."""
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import math
 import os
@@ -235,3 +236,35 @@ def test_every_shipped_network_config_checks_out_on_its_data():
     split = split_dataset("sklearn:digits", "auto", 0.15, 0.15, 0)
     assert check_network(cfg, split).attribute == "DigitsCNN"
     assert os.path.isfile(cfg.model.builder.rpartition(":")[0])
+
+
+def test_resuming_after_the_builder_file_changed_is_refused(tmp_path):
+    # Trials resume from checkpoints of the network they trained; another network's code cannot load them.
+    from search.storage import write_manifest
+    from search.tuner import resume_search
+
+    path = config_with(tmp_path, NET)
+    cfg = load_config(path)
+    storage = str(tmp_path / "runs")
+    manifest = {"config": cfg.model_dump(mode="json", by_alias=True), "parent_run_id": "x", "experiment_id": "0",
+                "tracking_uri": "sqlite:///x.db", "network_sha256": check_network(cfg).sha256}
+    write_manifest(storage, "own", manifest)
+    (tmp_path / "runs" / "own" / "tuner.pkl").write_bytes(b"")
+    (tmp_path / "net.py").write_text(textwrap.dedent(NET).replace("torch.relu", "torch.tanh"))
+    with pytest.raises(NetworkError, match=r"net.py changed since the search started"):
+        resume_search("own", storage)
+
+
+def test_a_module_builders_package_travels_with_the_champion(tmp_path, monkeypatch):
+    from search.registry import network_module_paths
+
+    package = tmp_path / "champion_nets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mlp.py").write_text(COURSE_NOTES_MLP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = tmp_path / "model" / "member_0"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text(json.dumps({"architecture": {"network": {"module": "champion_nets.mlp"}}}))
+    (tmp_path / "model" / "model.json").write_text(json.dumps({"ensemble": ["member_0"]}))
+    assert network_module_paths(tmp_path / "model") == [str(package)]
