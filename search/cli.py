@@ -99,6 +99,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _report_outcome(execute) -> int:
     """Run a search (new or resumed); print its leaderboard, or why it ended early, with the right exit code."""
     from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog
+    from search.tracking import runs_view_url
 
     try:
         outcome = execute()
@@ -110,7 +111,9 @@ def _report_outcome(execute) -> int:
     print(_format_board(outcome.leaderboard, limit=10))
     uri = outcome.tracking_uri
     print(f"\n{outcome.n_trials} trials; parent run {outcome.parent_run_id} at {uri}")
-    print(f"review: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"review: {uri}")
+    runs = runs_view_url(uri, outcome.experiment_id)  # opens on the runs, not on MLflow's GenAI overview
+    print(f"review: {runs}" if uri.startswith(("http://", "https://"))
+          else f"review: mlflow ui --backend-store-uri {uri}, then open {runs}")
     if outcome.writes_given_up:  # the search is done but its MLflow record is not complete: say so, exit 1
         from search.writer import describe_given_up
 

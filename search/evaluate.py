@@ -27,6 +27,8 @@ from search.dataset import split_from_config
 from search.errors import AlreadyEvaluated, ModelNotFound
 from search.leaderboard import find_search_run, leaderboard, recorded_config
 from search.pareto import OBJECTIVES_TAG, parse_objectives, pick as pick_from_front
+from search.inputs import log_datasets, split_datasets
+from search.logged_models import LOGGED_MODEL_TAG
 from search.registry import register_champion
 from trainables.checkpoint import DESCRIPTION_FILE, load_model, save_ensemble, save_model
 from trainables.data import DataError, Preprocessor, TrialData
@@ -123,10 +125,20 @@ def evaluate_search(
             evaluation.selection += f" (picked from the Pareto front by {pick})"
         _record_use(client, parent, evaluation, force, out_dir, model_dir)
         evaluation.artifacts = sorted(p.name for p in out_dir.iterdir())
+        # The test rows are an input of the search now, once: the Datasets section says so (context "test").
+        log_datasets(client, parent.info.run_id, split_datasets(split, cfg.data.source, parts=("test",)))
         evaluation.registered = register_champion(
-            client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name
+            client, tracking_uri, parent, model_dir, prep, rows, model, register_as or cfg.tracking.registered_model or name,
+            source_models=_logged_models_of(client, members),
         )
     return evaluation
+
+
+def _logged_models_of(client, members: list[dict]) -> list[str]:
+    """The LoggedModels (``models:/<id>``) the evaluated model came from: each member trial's, best first (trials
+    uploaded before LoggedModels have none)."""
+    ids = [client.get_run(m["run_id"]).data.tags.get(LOGGED_MODEL_TAG) for m in members]
+    return [model_id for model_id in ids if model_id]
 
 
 def _picked(board: pd.DataFrame, parent: Run, rule: str, top_k: int) -> pd.DataFrame:

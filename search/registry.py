@@ -3,7 +3,6 @@ registered as a new version that the ``champion`` alias points at."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import mlflow
@@ -13,20 +12,21 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
 from search.connection import fluent_uris
+from search.logged_models import SERVING_CODE, TRAINABLES_DIR, pip_requirements
 from trainables.data import Preprocessor
 from trainables.predict import predict_frame
 
 CHAMPION = "champion"
-SERVING_CODE = Path(__file__).with_name("serving.py")
-TRAINABLES_DIR = Path(__file__).resolve().parent.parent / "trainables"
+SOURCE_MODELS_TAG = "hps.source_model_ids"  # on a registered version: the LoggedModels of the trials it came from
 
 
 def register_champion(
     client: MlflowClient, tracking_uri: str, parent: Run, model_dir: Path, prep: Preprocessor,
-    rows: pd.DataFrame, model, registered_name: str,
+    rows: pd.DataFrame, model, registered_name: str, source_models: list[str] | None = None,
 ) -> str:
     """Log the evaluated model as an MLflow pyfunc (signature + input example) on the parent run, register it,
-    and point the ``champion`` alias at the new version. Returns the ``models:/NAME@champion`` URI."""
+    and point the ``champion`` alias at the new version, tagged with the trials' LoggedModels it came from
+    (``source_models``: one, or the members of a top-k mean). Returns the ``models:/NAME@champion`` URI."""
     example = rows.head(5).reset_index(drop=True)
     signature = _output_signature(predict_frame(model, prep, example))
     status = parent.info.status
@@ -40,15 +40,15 @@ def register_champion(
                     code_paths=[str(TRAINABLES_DIR), *network_module_paths(model_dir)],
                     signature=signature,
                     input_example=example,
-                    # Listing requirements skips MLflow's slow environment inference.
-                    pip_requirements=[f"torch=={_version('torch')}", f"pandas=={_version('pandas')}",
-                                      f"numpy=={_version('numpy')}", f"scikit-learn=={_version('sklearn')}"],
+                    pip_requirements=pip_requirements(),
                 )
         finally:
             client.set_terminated(parent.info.run_id, status)  # resuming the parent must not change how it ended
         version = mlflow.register_model(info.model_uri, registered_name)
     client.set_registered_model_alias(registered_name, CHAMPION, version.version)
     client.set_model_version_tag(registered_name, version.version, "hps.search", parent.data.tags.get("hps.search", ""))
+    if source_models:  # the Models tab's trial models this version was made from (retrained, with refit)
+        client.set_model_version_tag(registered_name, version.version, SOURCE_MODELS_TAG, ",".join(source_models))
     return f"models:/{registered_name}@{CHAMPION}"
 
 
@@ -80,7 +80,3 @@ def _output_signature(predictions: pd.DataFrame) -> ModelSignature:
     scoring server reads CSV and JSON with pandas' own types and the pyfunc takes any frame.
     """
     return ModelSignature(outputs=infer_signature(predictions).inputs)
-
-
-def _version(module: str) -> str:
-    return importlib.import_module(module).__version__.split("+")[0]

@@ -13,7 +13,7 @@ import posixpath
 import time
 from typing import Any
 
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -34,10 +34,24 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of experiment ``name``, created (or restored from the bin) if needed."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before hps said what it is, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+# What the MLflow UI opens an experiment on: a model-training experiment shows its runs and models, not MLflow's
+# GenAI overview (traces, token usage) that an experiment of no kind opens on in MLflow 3.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def runs_view_url(tracking_uri: str, experiment_id: str) -> str:
+    """Where the MLflow UI shows the experiment's runs: the server's own address for an ``http(s)`` tracking URI,
+    else the address `mlflow ui` serves on by default."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def flatten(mapping: dict, prefix: str = "") -> dict[str, str]:
@@ -73,12 +87,14 @@ def start_search_run(client: MlflowClient, exp_id: str, name: str, config: dict,
     return run.info.run_id
 
 
-def log_model_artifacts(client: MlflowClient, run_id: str, checkpoint: tune.Checkpoint | None) -> bool:
-    """Upload the best-epoch model (weights + JSON description) from a trial checkpoint as artifact ``model/``."""
+def log_model_artifacts(client: MlflowClient, run_id: str, checkpoint: tune.Checkpoint | None,
+                        logged_model: dict | None = None) -> bool:
+    """Upload the best-epoch model (weights + JSON description) from a trial checkpoint as artifact ``model/`` and,
+    with ``logged_model`` (:func:`search.logged_models.log_trial_model`'s arguments), as a LoggedModel."""
     folder = model_folder(checkpoint)
     if folder is None:
         return False
-    log_folder(client, run_id, _as_location(*folder), artifact_path="model")
+    log_folder(client, run_id, _as_location(*folder), artifact_path="model", logged_model=logged_model)
     return True
 
 
@@ -102,13 +118,14 @@ class TrialRunLogger(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, search_name: str, log_models: str,
-                 root: str | None = None) -> None:
+                 root: str | None = None, datasets: list[dict] | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
         self.search_name = search_name
         self.log_models = log_models
         self.root = root  # the search's experiment folder (local or s3://): where model uploads read from
+        self.datasets = list(datasets or [])  # the split's train/validation rows, inputs of every trial run
         self.runs: dict[str, str] = {"parent": parent_run_id}  # writer key → run id; saved with the experiment
         self.ended: set[str] = set()  # trials whose run was terminated
         self.at_best: dict[str, dict[str, float]] = {}  # trial → metrics at its best epoch so far
@@ -120,7 +137,8 @@ class TrialRunLogger(tune.Callback):
         self.restored = False
         self._writer: TrackingWriter | None = None
 
-    root: str | None = None  # class default: loggers pickled by an older version lack the attribute
+    root: str | None = None  # class defaults: loggers pickled by an older version lack the attributes
+    datasets: list[dict] = []  # noqa: RUF012 - never mutated: read only, replaced per instance
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -266,6 +284,8 @@ class TrialRunLogger(tune.Callback):
         self.known.add(key)
         self.writer.submit("create_run", key, experiment_id=self.exp_id, tags=tags, run_name=f"trial-{key}")
         self.writer.submit("log_params", key, params=dict(trial.config))
+        if self.datasets:
+            self.writer.submit("log_inputs", key, datasets=self.datasets)
 
     def _attach_existing(self, key: str) -> bool:
         """After a restore, find the trial's run in MLflow (the saved map may predate it, or name a run whose
@@ -334,9 +354,11 @@ class TrialRunLogger(tune.Callback):
         if "epoch" in result:
             tags["hps.last_epoch"] = result["epoch"]
         now = int(time.time() * 1000)
-        summary = [(f"best_epoch_{k}", float(v), now, 0) for k, v in self.at_best.get(key, {}).items()]
-        self.writer.submit("log_batch", key, metrics=summary, tags=tags)
-        uploading = log_model and self._submit_model(key, trial)
+        summary = {f"best_epoch_{k}": float(v) for k, v in self.at_best.get(key, {}).items()}
+        # The model's upload logs the best-epoch summary itself, linked to its LoggedModel (the Models tab's metrics).
+        uploading = log_model and self._submit_model(key, trial, summary)
+        self.writer.submit("log_batch", key, metrics=[] if uploading else [(k, v, now, 0) for k, v in summary.items()],
+                           tags=tags)
         self.writer.submit("set_status", key, status=status)
         self.ended.add(key)
         if outcome != "interrupted":
@@ -347,9 +369,10 @@ class TrialRunLogger(tune.Callback):
             # upload reads the checkpoint itself, which is the only copy while the tracking server is down.
             self.to_prune[trial.path] = (key, not log_model and outcome != "failed", uploading)
 
-    def _submit_model(self, key: str, trial) -> bool:
+    def _submit_model(self, key: str, trial, summary: dict[str, float]) -> bool:
         """Queue the upload of the trial's best model straight from its newest checkpoint (no copy: the
-        checkpoint is kept until the upload succeeded); the ``hps.model`` tag is set only after the upload."""
+        checkpoint is kept until the upload succeeded), as the run's ``model/`` artifact and as a LoggedModel with
+        the trial's hyperparameters and best-epoch ``summary``; the ``hps.model`` tag is set only after the upload."""
         try:
             folder = model_folder(trial.checkpoint)
             if folder is None:
@@ -359,7 +382,10 @@ class TrialRunLogger(tune.Callback):
         except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
             return False
-        self.writer.submit("log_artifacts", key, local_dir=source, artifact_path="model", tags={"hps.model": "model"})
+        logged_model = {"experiment_id": self.exp_id, "name": f"trial-{key}", "params": dict(trial.config),
+                        "metrics": summary, "tags": {"hps.search": self.search_name, "hps.trial_id": key}}
+        self.writer.submit("log_artifacts", key, local_dir=source, artifact_path="model", tags={"hps.model": "model"},
+                           logged_model=logged_model)
         return True
 
 
@@ -384,7 +410,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def finish_search_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]) -> None:
-    """Tag the parent run with the outcome (best trial, counts) and end it with ``status``."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+def finish_search_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str],
+                      metrics: dict[str, float] | None = None) -> None:
+    """Tag the parent run with the outcome (best trial, counts), log ``metrics`` (the same summary, to compare
+    searches in the runs table) and end it with ``status``."""
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(v)])
     client.set_terminated(run_id, status)

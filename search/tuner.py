@@ -22,6 +22,7 @@ from search.capacity import check_this_host
 from search.config import HpsConfig, check_metric_for_task, config_to_yaml, parse_config, with_absolute_builder
 from search.connection import connect
 from search.dataset import split_from_config, with_absolute_source
+from search.inputs import log_datasets, split_datasets
 from search.network import check_network, network_code
 from search.errors import SearchFailed, SearchInterrupted, SearchNotFound, TrackingBacklog, TrackingError
 from search.leaderboard import leaderboard, trial_runs
@@ -80,6 +81,7 @@ class SearchOutcome:
     n_trials: int
     n_errors: int
     writes_given_up: list[dict] = field(default_factory=list)
+    experiment_id: str = ""  # the MLflow experiment the runs are in (what the runs view's URL names)
 
 
 def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None = None, overwrite: bool = False,
@@ -108,6 +110,8 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     exp_id = experiment_id(client, cfg.experiment_name)
     config = cfg.model_dump(mode="json", by_alias=True)
     parent = start_search_run(client, exp_id, cfg.name, config, config_to_yaml(cfg), split.summary())
+    datasets = split_datasets(split, cfg.data.source)
+    log_datasets(client, parent, datasets)
     warmstart.record(client, parent, warm)
     write_manifest(storage_path, cfg.name, {"config": config, "parent_run_id": parent, "experiment_id": exp_id,
                                             "tracking_uri": cfg.tracking.uri,
@@ -115,7 +119,8 @@ def run_search(cfg: HpsConfig, address: str | None = None, storage: str | None =
     search = _Search(cfg, client, exp_id, parent, storage_path, split.trial_folds())
 
     def make_tuner(servers: tuple[str, ...] | None) -> tune.Tuner:
-        logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root)
+        logger = TrialRunLogger(cfg.tracking.uri, exp_id, parent, cfg.name, cfg.tracking.log_models, search.root,
+                                datasets)
         return build_tuner(cfg, search.data, storage_path, [logger, ProgressPrinter(cfg)], warm, servers)
 
     return _execute(search, make_tuner, address)
@@ -332,8 +337,9 @@ def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray
     once("best", lambda: _mark_best(search, results, board.iloc[0]))
     once("prune", lambda: _prune_checkpoints(search, results))
     once("report", lambda: _write_report_and_release_ray(search, release_ray))
-    finish_search_run(client, parent, "FINISHED", summary)
-    return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors, list(search.given_up))
+    finish_search_run(client, parent, "FINISHED", summary, _summary_metrics(summary, cfg, client.get_run(parent)))
+    return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors, list(search.given_up),
+                         search.exp_id)
 
 
 def _end_failed(search: _Search, board: pd.DataFrame, summary: dict[str, str]) -> None:
@@ -347,7 +353,12 @@ def _end_failed(search: _Search, board: pd.DataFrame, summary: dict[str, str]) -
 def _mark_best(search: _Search, results: tune.ResultGrid, best: pd.Series) -> None:
     """Upload the best trial's model (``log_models: best``) and tag its run ``hps.best``."""
     if search.cfg.tracking.log_models == "best":
-        log_model_artifacts(search.client, best["run_id"], checkpoint_of(results, best["trial"]))
+        run = search.client.get_run(best["run_id"])
+        logged_model = {"experiment_id": search.exp_id, "name": f"trial-{best['trial']}", "params": run.data.params,
+                        "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("best_epoch_")},
+                        "tags": {"hps.search": search.cfg.name, "hps.trial_id": best["trial"]}}
+        if log_model_artifacts(search.client, best["run_id"], checkpoint_of(results, best["trial"]), logged_model):
+            search.client.set_tag(best["run_id"], "hps.model", "model")
     search.client.set_tag(best["run_id"], "hps.best", "true")
 
 
@@ -409,6 +420,20 @@ def _end_parent_quietly(client, parent: str, status: str, note: str | None = Non
             finish_search_run(client, parent, status, {"hps.status": note or status.lower()})
     except Exception as exc:  # noqa: BLE001
         log.warning("could not end the search's MLflow run %s: %s", parent, exc)
+
+
+def _summary_metrics(summary: dict[str, str], cfg: HpsConfig, parent) -> dict[str, float]:
+    """The search's outcome as metrics of its parent run, so that searches compare in the runs table: the best
+    value, the trials by outcome, and the wall time from the parent run's start (a resumed search: first start)."""
+    counts = {"trials_total": "hps.n_trials", "trials_completed": "hps.n_completed",
+              "trials_stopped_early": "hps.n_stopped_early",
+              "trials_stopped_no_improvement": "hps.n_stopped_no_improvement", "trials_failed": "hps.n_failed"}
+    metrics = {name: float(summary[tag]) for name, tag in counts.items()}
+    best = summary.get(f"hps.best_{cfg.search.metric}")
+    if best is not None:
+        metrics[f"best_{cfg.search.metric}"] = float(best)
+    metrics["wall_time_s"] = max(0.0, time.time() - parent.info.start_time / 1000)
+    return metrics
 
 
 def _summarize(board: pd.DataFrame, cfg: HpsConfig, n_trials: int, n_errors: int) -> dict[str, str]:

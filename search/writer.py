@@ -38,6 +38,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.log_filters import drop_http_retry_warnings
+from search.inputs import log_datasets
+from search.logged_models import LOGGED_MODEL_TAG, log_trial_model
 from search.storage import delete_state, is_remote, read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -325,10 +327,14 @@ class TrackingWriter:
             tags = [RunTag(k, str(v)) for k, v in args.get("tags", {}).items()]
             client.log_batch(run_id, metrics=metrics, tags=tags)
         elif op.kind == "log_artifacts":
-            log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root)
-            if args.get("tags"):  # e.g. hps.model: only once the files are really there
-                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args["tags"].items()])
+            model_id = log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root,
+                                  args.get("logged_model"))
+            tags = {**(args.get("tags") or {}), **({LOGGED_MODEL_TAG: model_id} if model_id else {})}
+            if tags:  # e.g. hps.model: only once the files are really there
+                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             self.uploaded.add(op.key)
+        elif op.kind == "log_inputs":
+            log_datasets(client, run_id, args["datasets"])
         elif op.kind == "log_text":
             client.log_text(run_id, args["text"], args["path"])
         elif op.kind == "set_status":
@@ -354,11 +360,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def log_folder(client: MlflowClient, run_id: str, source: str, artifact_path: str | None = None,
-               root: str | None = None) -> None:
+               root: str | None = None, logged_model: dict | None = None) -> str | None:
     """Upload the files of folder ``source`` (a local path, a URI, or a path relative to ``root``) to the run's
-    artifacts; raises :class:`SourceMissing` when it does not exist or holds no file."""
+    artifacts and, with ``logged_model`` (the keyword arguments of :func:`search.logged_models.log_trial_model`
+    but the folder and run), as that run's LoggedModel, whose id it returns. Raises :class:`SourceMissing` when
+    the folder does not exist or holds no file."""
     with _local_folder(source, root) as local_dir:
         client.log_artifacts(run_id, local_dir, artifact_path=artifact_path)
+        if logged_model:
+            return log_trial_model(client, run_id=run_id, model_folder=local_dir, **logged_model)
+    return None
 
 
 @contextlib.contextmanager
