@@ -20,6 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.leaderboard import find_search_run
+from search.logged_models import trial_models
 from tests.test_resilience import children, output_of, slow_config, start_hps as start_hps_with_env, wait_until
 
 pytestmark = pytest.mark.slow
@@ -95,6 +96,10 @@ def test_models_waiting_for_the_server_survive_a_reboot_and_a_lost_one_fails_lou
             assert {"model/weights.pt", "model/model.json"} <= files, (run.info.run_name, files)
         parent = find_search_run(client, "outage-models")
         assert parent.info.status == "FINISHED" and parent.data.tags["hps.writes_given_up"] == "1"
+        # The LoggedModels: one for each uploaded model, made after the outage, none for the lost one, none twice.
+        models = trial_models(client, parent.info.experiment_id)
+        assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in runs
+                                                                 if r.data.tags["hps.trial_id"] != lost)
         assert not any(checkpoint_models(t) for t in trial_dirs[1:])  # uploaded: now pruned
         assert list(lost_dir.glob("checkpoint_*"))  # given up: its checkpoints stay
     finally:

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from search.cli import main as hps_main
 from search.config import parse_config
 from search.leaderboard import find_search_run, trial_runs
+from search.logged_models import trial_models
 from search.tuner import SchedulerState, run_search
 from tests.conftest import load_yaml, shrink
 from tests.stores import sqlite_store
@@ -203,6 +204,9 @@ def test_ctrl_c_then_a_killed_driver_then_resumed_without_duplicates(ray_session
     assert parent.info.status == "FINISHED"
     best = min(runs, key=lambda r: r.data.metrics["best_val_loss"])
     assert parent.data.tags["hps.best_run_id"] == best.info.run_id
+    # One LoggedModel per trial, none made twice by the interrupted runs and their resumes.
+    assert sorted(m.source_run_id for m in trial_models(client, parent.info.experiment_id)) == \
+        sorted(r.info.run_id for r in runs)
 
 
 def test_diverging_trials_fail_with_a_reason_and_the_search_goes_on(ray_session, tmp_path):
