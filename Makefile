@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast fuzz clean
+.PHONY: install demo test test-fast fuzz ui-check clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ test-fast: install
 # config files, 2000 each, without the whole-search cases (those are in `make test`).
 fuzz: install
 	HPS_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -m "not slow" -q tests/test_fuzz_data.py tests/test_fuzz_config.py
+
+# The MLflow UI in a real headless Chromium (apt-get install chromium): datasets and models where users look.
+ui-check: install
+	HPS_UI_CHECK=1 $(BIN)/python -m pytest -q tests/test_mlflow_ui.py
 
 clean:
 	rm -rf hps-runs mlruns.db .pytest_cache

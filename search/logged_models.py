@@ -72,10 +72,12 @@ def trial_models(client: MlflowClient, experiment_id: str) -> list:
 
 
 def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model_folder: str, name: str,
-                    params: dict, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0) -> str:
+                    params: dict, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0,
+                    datasets: list[dict] | None = None) -> str:
     """Make (or finish) the LoggedModel of trial run ``run_id`` from its local ``model_folder``: ``params`` (the
     trial's hyperparameters), ``metrics`` (its best-epoch summary, ``best_epoch_*``, logged on the run at ``step``
-    as before LoggedModels, now linked by ``model_id``). Returns the model id."""
+    as before LoggedModels, now linked by ``model_id``, and each ``best_epoch_val_*``/``best_epoch_train_*`` to the
+    rows it was measured on, from ``datasets``: :func:`search.inputs.split_datasets`). Returns the model id."""
     from mlflow.entities import LoggedModelStatus
 
     model = find_logged_model(client, experiment_id, run_id)
@@ -90,6 +92,12 @@ def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model
     # The run's output, as mlflow's log_model records it: the runs table's Models column and the run page show it.
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step, model_id=model.model_id)
-                                      for key, value in metrics.items()])
+    by_context = {d["context"]: d for d in datasets or []}
+
+    def measured_on(key: str) -> dict:  # the Models tab shows each metric with the dataset it was measured on
+        part = by_context.get("training" if key.startswith("best_epoch_train_") else "validation", {})
+        return {"dataset_name": part.get("name"), "dataset_digest": part.get("digest")}
+
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step, model_id=model.model_id,
+                                             **measured_on(key)) for key, value in metrics.items()])
     return model.model_id

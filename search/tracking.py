@@ -383,7 +383,8 @@ class TrialRunLogger(tune.Callback):
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
             return False
         logged_model = {"experiment_id": self.exp_id, "name": f"trial-{key}", "params": dict(trial.config),
-                        "metrics": summary, "tags": {"hps.search": self.search_name, "hps.trial_id": key}}
+                        "metrics": summary, "tags": {"hps.search": self.search_name, "hps.trial_id": key},
+                        "datasets": self.datasets}
         self.writer.submit("log_artifacts", key, local_dir=source, artifact_path="model", tags={"hps.model": "model"},
                            logged_model=logged_model)
         return True
