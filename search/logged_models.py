@@ -2,9 +2,10 @@
 hyperparameters and best-epoch metrics, found by ``mlflow.search_logged_models``, and loaded like any MLflow model
 with ``mlflow.pyfunc.load_model("models:/<model_id>")``.
 
-The model is a pyfunc "from code" (``search/serving.py``, the code the registered champion runs too), carrying
-``trainables/`` and the trial's model folder (weights, ``model.json``, a user's network code), loaded with
-``torch.load(weights_only=True)``. ``mlflow.pyfunc.save_model`` costs about half a second (it copies and checks
+The model is a pyfunc "from code" (``search/serving.py``, the code the registered champion runs too) carrying the
+trial's model folder (weights, ``model.json``, a user's network code), loaded with ``torch.load(weights_only=True)``;
+it imports ``trainables`` from the environment it loads in (hps installed), unlike the registered champion, which
+carries that code too (``code_paths``) to be served anywhere. ``mlflow.pyfunc.save_model`` costs about half a second (it copies and checks
 code, writes the environment files), so it runs once per process into a template; each trial then costs four
 REST calls and two uploads: create the LoggedModel, upload the template and the model folder, finalize it, log its
 metrics (``log_batch`` with its ``model_id``).
@@ -51,9 +52,11 @@ def pyfunc_template() -> Path:
     (placeholder / "README").write_text("replaced by each trial's model folder\n")
     import mlflow
 
+    # No code_paths: trainables/ is ~30 files, each one more upload request (they made a trial's LoggedModel cost
+    # ~250 ms instead of ~60 ms); a trial's model loads where hps is installed, as everything of a search does.
+    # The registered champion, which is served elsewhere, carries them.
     mlflow.pyfunc.save_model(str(root / "template"), python_model=str(SERVING_CODE),
-                             artifacts={MODEL_ARTIFACT: str(placeholder)}, code_paths=[str(TRAINABLES_DIR)],
-                             pip_requirements=pip_requirements())
+                             artifacts={MODEL_ARTIFACT: str(placeholder)}, pip_requirements=pip_requirements())
     for leftover in (root / "template" / "artifacts" / MODEL_ARTIFACT).iterdir():
         leftover.unlink()
     return root / "template"

@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +18,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 
 from search.cli import main
+from search.connection import fluent_uris
 from search.leaderboard import find_search_run
+from search.logged_models import LOGGED_MODEL_TAG
 from tests.conftest import CONFIGS
 from tests.serving import scoring_server
 
@@ -69,6 +72,11 @@ def test_a_users_cnn_searches_evaluates_and_serves_without_its_folder(ray_sessio
     assert main(["predict", "own-cnn", "rows.csv", "-o", "out.csv", "--tracking-uri", mlflow_server]) == 0
     by_hps = pd.read_csv(elsewhere / "out.csv")
     assert len(by_hps) == 6 and set(by_hps["prediction"]) <= set(range(10))
+
+    # Every trial's LoggedModel carries its network's code the same way: any one loads and predicts.
+    with fluent_uris(mlflow_server):
+        trial_model = mlflow.pyfunc.load_model(f"models:/{children[0].data.tags[LOGGED_MODEL_TAG]}")
+    assert len(trial_model.predict(rows)) == 6
 
     with scoring_server("models:/own-cnn@champion", mlflow_server, tmp_path, cwd=elsewhere) as url:
         answer = requests.post(f"{url}/invocations", data=(elsewhere / "rows.csv").read_text(),
