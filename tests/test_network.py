@@ -268,3 +268,27 @@ def test_a_module_builders_package_travels_with_the_champion(tmp_path, monkeypat
     (model / "model.json").write_text(json.dumps({"architecture": {"network": {"module": "champion_nets.mlp"}}}))
     (tmp_path / "model" / "model.json").write_text(json.dumps({"ensemble": ["member_0"]}))
     assert network_module_paths(tmp_path / "model") == [str(package)]
+
+
+def test_a_users_network_resumes_from_its_checkpoint_as_if_never_stopped(splits, tmp_path):
+    # What `hps resume` does after a SIGKILL: the trial restarts from its last checkpoint, in a new process that
+    # builds the network from the recorded code.
+    code = code_of(tmp_path, (CONFIGS / "networks" / "digits_cnn.py").read_text(), "DigitsCNN", input_shape=[1, 8, 8])
+    params = {**LOOP, "channels": 4, "kernel_size": 3, "dropout": 0.2}
+    data = splits["digits"].trial_data()
+    straight = []
+
+    def report(metrics, snapshot):  # written when reported, as the Ray adapter does (the state is live)
+        straight.append(metrics)
+        if metrics["epoch"] == 2:
+            save_checkpoint(tmp_path / "ckpt", snapshot.state, snapshot.description)
+
+    train_trial(params, data, TrainSettings(max_epochs=4, network=code.to_dict(), checkpoint_every=2), report)
+    for name in [m for m in sys.modules if m.startswith("hps_network_")]:
+        del sys.modules[name]  # as in a new process
+    resumed = []
+    train_trial(params, data, TrainSettings(max_epochs=4, network=code.to_dict(), checkpoint_every=2),
+                lambda m, s: resumed.append(m), load_checkpoint(tmp_path / "ckpt"))
+    assert [m["epoch"] for m in resumed] == [3, 4]
+    for before, after in zip(straight[2:], resumed):
+        assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-6)
