@@ -119,3 +119,12 @@ def test_a_retried_logged_model_write_reuses_the_model_it_made(reviewed, tmp_pat
     again = log_trial_model(client, parent.info.experiment_id, child.info.run_id, folder, "x", {}, {})
     assert again == before.model_id
     assert len(trial_models(client, parent.info.experiment_id)) == 3
+
+
+def test_hps_predict_takes_a_trial_models_uri(reviewed, mlflow_server, tmp_path):
+    client, parent, children, _, _ = reviewed
+    model_id = children[0].data.tags[LOGGED_MODEL_TAG]
+    load_breast_cancer(as_frame=True).data.head(4).to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["predict", f"models:/{model_id}", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"),
+                 "--tracking-uri", mlflow_server]) == 0
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 4
