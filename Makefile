@@ -33,11 +33,11 @@ test-fast: install
 # The fuzz harnesses' longer run (the suite tries 60 generated data files per kind): data files, IDX folders and
 # config files, 2000 each, without the whole-search cases (those are in `make test`).
 fuzz: install
-	HPS_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -m "not slow" -q tests/test_fuzz_data.py tests/test_fuzz_config.py
+	HPS_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -m "not slow" -q tests/trainables/test_fuzz_data.py tests/config/test_fuzz_config.py
 
 # The MLflow UI in a real headless Chromium (apt-get install chromium): datasets and models where users look.
 ui-check: install
-	HPS_UI_CHECK=1 $(BIN)/python -m pytest -q tests/test_mlflow_ui.py
+	HPS_UI_CHECK=1 $(BIN)/python -m pytest -q tests/records/test_mlflow_ui.py
 
 clean:
 	rm -rf hps-runs mlruns.db .pytest_cache

@@ -1,6 +1,6 @@
 """Figure 3: ASHA vs FIFO at the same number of trials: epochs trained in total and best validation accuracy.
 
-Both run through :func:`search.tuner.run_search` in this process (Ray starts once: this figure counts epochs and
+Both run through :func:`search.run.tuner.run_search` in this process (Ray starts once: this figure counts epochs and
 accuracy, not seconds).
 """
 
@@ -10,8 +10,8 @@ import contextlib
 import statistics
 from pathlib import Path
 
-from search.config import load_config
-from search.tuner import run_search
+from search.config.schema import load_config
+from search.run.tuner import run_search
 
 
 def _search(config: str, overrides: list[str], name: str, workdir: Path) -> dict:

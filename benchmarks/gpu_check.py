@@ -854,7 +854,6 @@ def compile_check(data, dev: str | None) -> dict:
     if remaining() < 40:
         skip(f"[compile] only {remaining():.0f}s of the budget left")
         return {}
-    import torch._dynamo
     from torch._dynamo.utils import counters
 
     messages: list[str] = []

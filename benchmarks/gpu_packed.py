@@ -30,7 +30,6 @@ a GPU), OUT (gpu_packed.json and gpu_packed.md go there; printed otherwise). Exi
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import shutil

@@ -19,10 +19,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from search.config import load_config
-from search.dataset import split_from_config
-from search.searcher import make_sampler
-from search.space import define_by_run
+from search.config.dataset import split_from_config
+from search.config.schema import load_config
+from search.config.space import define_by_run
+from search.run.searcher import make_sampler
 from trainables.device import local_device
 from trainables.train import TrainSettings, train_trial
 

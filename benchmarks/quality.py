@@ -118,8 +118,8 @@ def _hps(args: list[str], log: Path) -> None:
 def _recorded(uri: str, name: str) -> dict:
     """What the search and its evaluation recorded on the parent run: test metrics, best validation value, how the
     tested model was chosen, the split fingerprint."""
-    from search.connection import connect
-    from search.leaderboard import find_search_run, leaderboard
+    from search.records.connection import connect
+    from search.records.leaderboard import find_search_run, leaderboard
 
     client = connect(uri, existing=True)
     parent = find_search_run(client, name)
@@ -147,8 +147,8 @@ def anchors(config: Path, overrides: list[str], seed: int) -> dict:
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from threadpoolctl import threadpool_limits
 
-    from search.config import load_config
-    from search.dataset import split_from_config
+    from search.config.dataset import split_from_config
+    from search.config.schema import load_config
     from trainables.data import Preprocessor
 
     with contextlib.chdir(ROOT):  # relative csv sources resolve as they do for `hps run` (run from the repo root)

@@ -85,8 +85,8 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
     if "throughput" in parts:
         import torch
 
-        from search.config import load_config
-        from search.dataset import split_from_config
+        from search.config.dataset import split_from_config
+        from search.config.schema import load_config
 
         data = split_from_config(load_config(config)).trial_data()
         results["throughput"] = throughput.measure(data, budget.throughput_epochs, budget.throughput_reps)
@@ -115,8 +115,8 @@ def run(parts: tuple[str, ...], budget: Budget, config: str, out: Path, workdir:
         results["asha"] = asha.measure(config, overrides, budget.reps, workdir)
         _save(results, out)
     if "packed" in parts:
-        from search.config import load_config
-        from search.dataset import split_from_config
+        from search.config.dataset import split_from_config
+        from search.config.schema import load_config
 
         data = split_from_config(load_config(config)).trial_data()
         results["packed"] = packed.measure(data, budget.packed_epochs, budget.reps)

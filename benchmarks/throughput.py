@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainables.splitting import TrialData
 from trainables.model import architecture_from_params, build_mlp
+from trainables.splitting import TrialData
 from trainables.train import TrainSettings, make_optimizer, train_trial
 
 # A mid-sized network of the digits space, at the batch size the target names.

@@ -23,8 +23,8 @@ from pathlib import Path
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from search.inputs import log_datasets, split_datasets
-from search.logged_models import log_trial_model, pyfunc_template
+from search.records.inputs import log_datasets, split_datasets
+from search.records.logged_models import log_trial_model, pyfunc_template
 from tests.conftest import MlflowServer
 from trainables.checkpoint import save_checkpoint
 from trainables.splitting import split_dataset

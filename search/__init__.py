@@ -1,20 +1,14 @@
-"""The search service around ``trainables``: config, Optuna space and searcher, Ray wiring, storage, the search's
-lifecycle, MLflow records, the reading commands and the CLI (docs/architecture.md has the map).
+"""The search service around ``trainables``, one package per side of it (docs/architecture.md has the map):
 
-Heavy dependencies (Ray, MLflow) load only when a search runs; ``hps validate`` stays fast. Importing the package
-itself imports nothing: the thin function a packed trial runs (``search.packed_trial``) starts in a fresh Ray
-worker process for every trial running at once, and pays for every import it triggers.
+- ``search.config``: a config and its data checked before anything starts (schema, space, objectives, capacity,
+  the user's network, loading and splitting the data);
+- ``search.records``: MLflow written and read (runs, LoggedModels, datasets, the outage-safe writer, the
+  leaderboard) and the storage folder;
+- ``search.review``: a finished search reviewed, evaluated once on its test set, registered and served;
+- ``search.run``: a search run on Ray (Tune, ASHA, the searcher, packing, the lifecycle);
+- ``search.cli``: the ``hps`` command on top; ``search.errors``: the errors every side raises.
+
+Heavy dependencies (Ray, MLflow) load only when a search runs; ``hps validate`` stays fast. Importing a package
+imports nothing: the thin function a packed trial runs (``search.run.packing.trial``) starts in a fresh Ray worker
+process for every trial running at once, and pays for every import it triggers.
 """
-
-import importlib
-
-_EXPORTS = {"ConfigError", "HpsConfig", "load_config", "parse_config"}
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module("search.config"), name)
-    raise AttributeError(f"module 'search' has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)

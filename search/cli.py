@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from search.config import DEFAULT_TRACKING_URI, ConfigError, load_config
+from search.config.schema import DEFAULT_TRACKING_URI, ConfigError, load_config
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -39,9 +39,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a config without running anything."""
-    from search.capacity import check_fits
-
-    from search.network import check_network
+    from search.config.capacity import check_fits
+    from search.config.network import check_network
 
     cfg = load_config(args.config, _overrides(args))
     check_fits(cfg)  # the largest network the space allows, on this host (the data is sized when `hps run` loads it)
@@ -55,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a search and print its leaderboard."""
-    from search.tuner import run_search  # Ray and MLflow load only when a search runs
+    from search.run.tuner import run_search  # Ray and MLflow load only when a search runs
 
     cfg = load_config(args.config, _overrides(args))
     folds = cfg.data.split.folds
@@ -89,7 +88,7 @@ def _describe_data(split, detected: bool) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted or crashed search."""
-    from search.tuner import resume_search
+    from search.run.tuner import resume_search
 
     print(f"resuming search {args.name}", flush=True)
     return _report_outcome(lambda: resume_search(args.name, storage=args.storage, tracking_uri=args.tracking_uri,
@@ -99,7 +98,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _report_outcome(execute) -> int:
     """Run a search (new or resumed); print its leaderboard, or why it ended early, with the right exit code."""
     from search.errors import SearchFailed, SearchInterrupted, TrackingBacklog
-    from search.tracking import runs_view_url
+    from search.records.tracking import runs_view_url
 
     try:
         outcome = execute()
@@ -115,7 +114,7 @@ def _report_outcome(execute) -> int:
     print(f"review: {runs}" if uri.startswith(("http://", "https://"))
           else f"review: mlflow ui --backend-store-uri {uri}, then open {runs}")
     if outcome.writes_given_up:  # the search is done but its MLflow record is not complete: say so, exit 1
-        from search.writer import describe_given_up
+        from search.records.writer import describe_given_up
 
         sys.stdout.flush()
         return _fail(f"{describe_given_up(outcome.writes_given_up)}; each is logged above and counted in the "
@@ -125,8 +124,8 @@ def _report_outcome(execute) -> int:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     """Print (or export) the leaderboard of a search."""
-    from search.leaderboard import find_search_run, leaderboard
-    from search.connection import connect
+    from search.records.connection import connect
+    from search.records.leaderboard import find_search_run, leaderboard
 
     if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
         return _fail(f"cannot write {args.csv!r}: its folder does not exist")
@@ -142,7 +141,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the best trial of a search on its held-out test split and register it."""
-    from search.evaluate import describe_member_value, evaluate_search
+    from search.review.evaluate import describe_member_value, evaluate_search
 
     ev = evaluate_search(args.tracking_uri, args.name, metric=args.metric, force=args.force,
                          register_as=args.register_as, top_k=args.top_k, refit=args.refit, pick=args.pick)
@@ -166,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict rows of a CSV with a registered model, a run's model or a search's best model."""
-    from search.predict import predict_file
+    from search.review.predict import predict_file
 
     n = predict_file(args.tracking_uri, args.model, args.input, args.output)
     print(f"wrote {n} predictions to {args.output}")
@@ -177,9 +176,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Regenerate the review plots and leaderboard CSV of a search on its parent run."""
     from mlflow.tracking import MlflowClient
 
-    from search.leaderboard import find_search_run, recorded_config
-    from search.report import write_report
-    from search.connection import connect
+    from search.records.connection import connect
+    from search.records.leaderboard import find_search_run, recorded_config
+    from search.review.report import write_report
 
     client: MlflowClient = connect(args.tracking_uri, existing=True)
     parent = find_search_run(client, args.name)

@@ -3,7 +3,7 @@ exits 2; the search outcomes below have exit codes of their own. No heavy import
 
 from __future__ import annotations
 
-from search.config import ConfigError
+from search.config.schema import ConfigError
 from trainables.names import DataError  # the light module: every CLI command imports this one
 
 

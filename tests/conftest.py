@@ -144,9 +144,9 @@ def ray_session():
 def mlflow_global_uris_reset():
     """MLflow's process-wide tracking and registry URIs (and the environment variables setting them writes) are
     restored after each test: a test that points them at its server must not send a later test's registrations
-    there (tests/test_evaluate.py left the registry URI at the session's server, which made the recorded-search
-    registrations of tests/test_evaluate_recorded.py and tests/test_registry.py fail in a full run)."""
-    from search.connection import preserved_uris
+    there (tests/review/test_evaluate.py left the registry URI at the session's server, which made the recorded-search
+    registrations of tests/review/test_evaluate_recorded.py and tests/review/test_registry.py fail in a full run)."""
+    from search.records.connection import preserved_uris
 
     with preserved_uris():
         yield

@@ -3,7 +3,7 @@ server.
 
 Stopping and starting `mlflow server` costs ~8 CPU-seconds (two Python processes importing MLflow) and the wait for
 its health check. Seen from `hps`, a cut path is the same outage: new connections are refused and open ones are
-dropped mid-request. tests/test_outage.py still restarts a real server (a reboot).
+dropped mid-request. tests/records/test_outage.py still restarts a real server (a reboot).
 """
 
 from __future__ import annotations

@@ -117,10 +117,10 @@ def test_help_lists_every_command():
 
 def test_reading_commands_import_no_ray():
     """`hps trials/evaluate/predict/report` start without Ray (seconds saved on every call)."""
-    code = ("import sys; import search.cli, search.connection, search.leaderboard, search.evaluate, search.predict, "
-            "search.registry, search.report, search.plots; "
+    code = ("import sys; import search.cli, search.records.connection, search.records.leaderboard, search.review.evaluate, search.review.predict, "
+            "search.review.registry, search.review.report, search.review.plots; "
             "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
-            "assert not loaded, loaded; import search.tuner; assert 'ray' in sys.modules")
+            "assert not loaded, loaded; import search.run.tuner; assert 'ray' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -128,8 +128,8 @@ def test_reading_commands_import_no_ray():
 def test_the_search_driver_imports_no_torch():
     """`hps run/resume` leave PyTorch to the trials' workers (~1.5 s saved on every start); the trainable, the pack
     servers and checkpoint reading still import fine where they run."""
-    code = ("import sys; import search.tuner, search.packing, trainables.ray_adapter; "
+    code = ("import sys; import search.run.tuner, search.run.packing.servers, trainables.ray_adapter; "
             "assert 'torch' not in sys.modules, 'the driver imported torch'; "
-            "import search.pack_server, trainables.checkpoint; assert 'torch' in sys.modules")
+            "import search.run.packing.server, trainables.checkpoint; assert 'torch' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import torch
 
 from trainables.names import OUTSIDE_ALLOCATOR_BYTES
-from trainables.names import gpu_request_error  # noqa: F401 - the rule lives with the names `hps validate` checks
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def validation_metrics(task: str, outputs: torch.Tensor, y: torch.Tensor, target
     These run every epoch of every trial, so they are computed with tensor ops where the outputs already are
     (one host transfer at the end): scikit-learn's input validation alone cost ~5 ms per epoch, a quarter of a
     digits epoch. They equal scikit-learn's ``accuracy_score``, ``f1_score`` (binary / macro, zero_division=0),
-    MAE, RMSE and ``r2_score`` (tests/test_metrics.py compares them); the final test-set metrics use scikit-learn.
+    MAE, RMSE and ``r2_score`` (tests/trainables/test_metrics.py compares them); the final test-set metrics use scikit-learn.
     """
     out = outputs.detach().double()
     if task == "regression":

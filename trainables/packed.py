@@ -34,7 +34,7 @@ Exactness (no dropout): a member computes what its solo trial computes, up to fl
 Nothing mirrors one build's kernels: the pack's batched matmuls reduce in other orders than the solo ones, and its
 optimizer is torch's single-tensor (for-loop) algorithm written out once for all members, where a solo trial runs
 torch's fused kernel; torch's own kernels differ from each other by the same rounding. How far that rounding goes
-depends on the configuration (measured on AVX-512, AVX2 and default kernels, tests/test_packed.py):
+depends on the configuration (measured on AVX-512, AVX2 and default kernels, tests/trainables/test_packed.py):
 
 - everything but the case below: per-epoch metrics agree to ~2e-7 relative (the tests ask 1e-5);
 - Adam or AdamW with batch norm: the bias before a batch norm has a true gradient of zero, and Adam rescales its
@@ -66,7 +66,6 @@ from trainables.metrics import loss_target, validation_metrics
 from trainables.model import Architecture, hidden_sizes, parameter_count
 from trainables.names import ACTIVATIONS, NORMS, OPTIMIZERS
 from trainables.params import DEFAULT_BATCH_SIZE, default
-from trainables.trial_data import TrialData
 from trainables.train import (
     EVAL_BATCH,
     Progress,
@@ -82,6 +81,7 @@ from trainables.train import (
     describe,
     divergence_reason,
 )
+from trainables.trial_data import TrialData
 
 # Widest hidden layer that packs on a CPU (see the module docstring for the measurements behind it).
 CPU_MAX_WIDTH = 128

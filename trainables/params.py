@@ -1,6 +1,6 @@
 """The trainable's hyperparameters: each one's default and the values it accepts. Importable without torch.
 
-A search space may name exactly these (``search.config`` checks every value a space can produce against them); a
+A search space may name exactly these (``search.config.schema`` checks every value a space can produce against them); a
 parameter the space leaves out takes its default here, in the model (``trainables.model``) and the training loop
 (``trainables.train``) alike.
 """
@@ -40,7 +40,7 @@ DEFAULT_BATCH_SIZE = 64
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "n_layers": Hyperparameter(DEFAULT_N_LAYERS, "an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "units": Hyperparameter(DEFAULT_UNITS, "an integer >= 1", lambda v: _is_int(v) and v >= 1, per_layer=True),
-    # 1 trains one row at a time; it cannot go with batch norm (search.config refuses the pair).
+    # 1 trains one row at a time; it cannot go with batch norm (search.config.schema refuses the pair).
     "batch_size": Hyperparameter(DEFAULT_BATCH_SIZE, "an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "lr": Hyperparameter(1e-3, "a number > 0", lambda v: _is_num(v) and v > 0),
     "weight_decay": Hyperparameter(0.0, "a number >= 0", lambda v: _is_num(v) and v >= 0),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import tempfile
-
 from typing import TYPE_CHECKING
 
 import ray
@@ -15,8 +14,8 @@ from trainables.reporting import EpochBatcher
 from trainables.settings import TrainSettings
 
 if TYPE_CHECKING:
-    from trainables.trial_data import TrialData
     from trainables.train import Snapshot
+    from trainables.trial_data import TrialData
 
 
 def tune_trainable(config: dict, data: TrialData | list[TrialData], settings: TrainSettings) -> None:

@@ -190,7 +190,7 @@ def _load_idx(directory: Path) -> Table:
         x, y = _read_idx(found[0], IDX_IMAGES_MAGIC), _read_idx(found[1], IDX_LABELS_MAGIC)
         if len(x) != len(y):
             raise DataError(f"IDX files in {str(directory)!r}: {names[0]} has {len(x)} images but {names[1]} {len(y)} labels")
-        if len(x) == 0 or x[0].size == 0:  # found by tests/test_fuzz_data.py: numpy cannot reshape 0 images
+        if len(x) == 0 or x[0].size == 0:  # found by tests/trainables/test_fuzz_data.py: numpy cannot reshape 0 images
             raise DataError(f"IDX file {str(found[0])!r} has no images or images of no pixels: shape {x.shape}")
         images.append(x.reshape(len(x), -1))
         labels.append(y)

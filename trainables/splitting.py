@@ -27,8 +27,8 @@ from trainables.preprocessing import (
     refuse_empty_columns,
 )
 from trainables.sources import Table, load_table, reason
-from trainables.trial_data import TrialData
 from trainables.tasks import check_target, detect_task, label_name, plain_value
+from trainables.trial_data import TrialData
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from torch import nn
 from trainables.device import memory_budget, prepare_device, same_device
 from trainables.metrics import loss_function, loss_target, metric_mode, validation_metrics
 from trainables.model import Architecture, architecture_from_params, parameter_count
-from trainables.network import CustomArchitecture, NetworkCode
 from trainables.names import OPTIMIZERS
+from trainables.network import CustomArchitecture, NetworkCode
 from trainables.params import DEFAULT_BATCH_SIZE, default
 from trainables.reporting import STOPPED_NO_IMPROVEMENT, is_last_report
 from trainables.settings import TrainSettings

@@ -1,0 +1,107 @@
+"""Each trial's kept model as an MLflow 3 LoggedModel: listed in the experiment's Models tab with the trial's
+hyperparameters and best-epoch metrics, found by ``mlflow.search_logged_models``, and loaded like any MLflow model
+with ``mlflow.pyfunc.load_model("models:/<model_id>")``.
+
+The model is a pyfunc "from code" (``search/review/serving.py``, the code the registered champion runs too) carrying the
+trial's model folder (weights, ``model.json``, a user's network code), loaded with ``torch.load(weights_only=True)``;
+it imports ``trainables`` from the environment it loads in (hps installed), unlike the registered champion, which
+carries that code too (``code_paths``) to be served anywhere. ``mlflow.pyfunc.save_model`` costs about half a second (it copies and checks
+code, writes the environment files), so it runs once per process into a template; each trial then costs four
+REST calls and two uploads: create the LoggedModel, upload the template and the model folder, finalize it, log its
+metrics (``log_batch`` with its ``model_id``).
+
+Idempotent, for the outage-safe writer that retries it: a LoggedModel of the same trial run found on the server is
+reused (uploads overwrite the same files), so a retry after a lost answer never makes a second model.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import LoggedModelOutput, Metric
+from mlflow.tracking import MlflowClient
+
+SEARCH_DIR = Path(__file__).resolve().parent.parent
+SERVING_CODE = SEARCH_DIR / "review" / "serving.py"  # the pyfunc's code ("models from code"), a review module
+TRAINABLES_DIR = SEARCH_DIR.parent / "trainables"
+MODEL_ARTIFACT = "model"  # the pyfunc's artifact holding the hps model folder (artifacts/model/ in the LoggedModel)
+MODEL_TYPE = "hps-pytorch"
+LOGGED_MODEL_TAG = "hps.model_id"  # on the trial's run: its LoggedModel
+
+
+def pip_requirements() -> list[str]:
+    """What a served hps model needs, listed (MLflow's own environment inference takes seconds)."""
+    return [f"torch=={_version('torch')}", f"pandas=={_version('pandas')}", f"numpy=={_version('numpy')}",
+            f"scikit-learn=={_version('sklearn')}"]
+
+
+def _version(module: str) -> str:
+    return importlib.import_module(module).__version__.split("+")[0]
+
+
+@functools.lru_cache(maxsize=1)
+def pyfunc_template() -> Path:
+    """A pyfunc model folder (MLmodel, serving.py, code/trainables, environment files) whose ``artifacts/model`` is
+    left empty for each trial's model folder; made once per process."""
+    root = Path(tempfile.mkdtemp(prefix="hps-pyfunc-"))
+    placeholder = root / MODEL_ARTIFACT
+    placeholder.mkdir()
+    (placeholder / "README").write_text("replaced by each trial's model folder\n")
+    import mlflow
+
+    # No code_paths: trainables/ is ~30 files, each one more upload request (they made a trial's LoggedModel cost
+    # ~250 ms instead of ~60 ms); a trial's model loads where hps is installed, as everything of a search does.
+    # The registered champion, which is served elsewhere, carries them.
+    mlflow.pyfunc.save_model(str(root / "template"), python_model=str(SERVING_CODE),
+                             artifacts={MODEL_ARTIFACT: str(placeholder)}, pip_requirements=pip_requirements())
+    for leftover in (root / "template" / "artifacts" / MODEL_ARTIFACT).iterdir():
+        leftover.unlink()
+    return root / "template"
+
+
+def find_logged_model(client: MlflowClient, experiment_id: str, run_id: str):
+    """The LoggedModel a trial run produced, or None."""
+    found = client.search_logged_models([experiment_id], max_results=1,
+                                        filter_string=f"source_run_id = '{run_id}' AND model_type = '{MODEL_TYPE}'")
+    return found[0] if found else None
+
+
+def trial_models(client: MlflowClient, experiment_id: str) -> list:
+    """Every trial's LoggedModel in an experiment (the registered champions, LoggedModels too, are not trials')."""
+    return list(client.search_logged_models([experiment_id], filter_string=f"model_type = '{MODEL_TYPE}'"))
+
+
+def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model_folder: str, name: str,
+                    params: dict, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0,
+                    datasets: list[dict] | None = None) -> str:
+    """Make (or finish) the LoggedModel of trial run ``run_id`` from its local ``model_folder``: ``params`` (the
+    trial's hyperparameters), ``metrics`` (its best-epoch summary, ``best_epoch_*``, logged on the run at ``step``
+    as before LoggedModels, now linked by ``model_id``, and each ``best_epoch_val_*``/``best_epoch_train_*`` to the
+    rows it was measured on, from ``datasets``: :func:`search.records.inputs.split_datasets`). Returns the model id."""
+    from mlflow.entities import LoggedModelStatus
+
+    model = find_logged_model(client, experiment_id, run_id)
+    if model is not None and model.status == LoggedModelStatus.READY:
+        return model.model_id
+    if model is None:
+        model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE,
+                                           params={k: str(v)[:6000] for k, v in params.items()}, tags=tags)
+    client.log_model_artifacts(model.model_id, str(pyfunc_template()))
+    client.log_model_artifacts(model.model_id, model_folder, artifact_path=f"artifacts/{MODEL_ARTIFACT}")
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    # The run's output, as mlflow's log_model records it: the runs table's Models column and the run page show it.
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    now = int(time.time() * 1000)
+    by_context = {d["context"]: d for d in datasets or []}
+
+    def measured_on(key: str) -> dict:  # the Models tab shows each metric with the dataset it was measured on
+        part = by_context.get("training" if key.startswith("best_epoch_train_") else "validation", {})
+        return {"dataset_name": part.get("name"), "dataset_digest": part.get("digest")}
+
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step, model_id=model.model_id,
+                                             **measured_on(key)) for key, value in metrics.items()])
+    return model.model_id
