@@ -31,6 +31,7 @@ TRAINABLES_DIR = SEARCH_DIR.parent / "trainables"
 MODEL_ARTIFACT = "model"  # the pyfunc's artifact holding the hps model folder (artifacts/model/ in the LoggedModel)
 MODEL_TYPE = "hps-pytorch"
 LOGGED_MODEL_TAG = "hps.model_id"  # on the trial's run: its LoggedModel
+ENVIRONMENT_FILES = ("conda.yaml", "python_env.yaml", "requirements.txt")
 
 
 def pip_requirements() -> list[str]:
@@ -60,6 +61,10 @@ def pyfunc_template() -> Path:
                              artifacts={MODEL_ARTIFACT: str(placeholder)}, pip_requirements=pip_requirements())
     for leftover in (root / "template" / "artifacts" / MODEL_ARTIFACT).iterdir():
         leftover.unlink()
+    # The environment files only serve `mlflow models serve` rebuilding an environment, which is the champion's job
+    # (it has them); each is one more upload per trial. Loading with the environment at hand needs none of them.
+    for environment in ENVIRONMENT_FILES:
+        (root / "template" / environment).unlink(missing_ok=True)
     return root / "template"
 
 
@@ -77,14 +82,16 @@ def trial_models(client: MlflowClient, experiment_id: str) -> list:
 
 def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model_folder: str, name: str,
                     params: dict, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0,
-                    datasets: list[dict] | None = None) -> str:
+                    datasets: list[dict] | None = None, look_first: bool = True) -> str:
     """Make (or finish) the LoggedModel of trial run ``run_id`` from its local ``model_folder``: ``params`` (the
     trial's hyperparameters), ``metrics`` (its best-epoch summary, ``best_epoch_*``, logged on the run at ``step``
     as before LoggedModels, now linked by ``model_id``, and each ``best_epoch_val_*``/``best_epoch_train_*`` to the
-    rows it was measured on, from ``datasets``: :func:`search.records.inputs.split_datasets`). Returns the model id."""
+    rows it was measured on, from ``datasets``: :func:`search.records.inputs.split_datasets`). ``look_first``: find a
+    model an earlier try made (the writer says so for a retried write). Returns the model id."""
     from mlflow.entities import LoggedModelStatus
 
-    model = find_logged_model(client, experiment_id, run_id)
+    # Looked up only where an earlier try may have made it (``look_first``): one request less per trial otherwise.
+    model = find_logged_model(client, experiment_id, run_id) if look_first else None
     if model is not None and model.status == LoggedModelStatus.READY:
         return model.model_id
     if model is None:

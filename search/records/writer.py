@@ -327,8 +327,11 @@ class TrackingWriter:
             tags = [RunTag(k, str(v)) for k, v in args.get("tags", {}).items()]
             client.log_batch(run_id, metrics=metrics, tags=tags)
         elif op.kind == "log_artifacts":
-            model_id = log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root,
-                                  args.get("logged_model"))
+            logged_model = args.get("logged_model")
+            if logged_model:  # a LoggedModel an earlier try may have made is looked up, not made twice
+                logged_model = {**logged_model, "look_first": op.tried}
+            op.tried = True
+            model_id = log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root, logged_model)
             tags = {**(args.get("tags") or {}), **({LOGGED_MODEL_TAG: model_id} if model_id else {})}
             if tags:  # e.g. hps.model: only once the files are really there
                 client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
