@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 
 from search.records.inputs import log_datasets
 from search.records.log_filters import drop_http_retry_warnings
-from search.records.logged_models import LOGGED_MODEL_TAG, log_trial_model
+from search.records.logged_models import log_trial_model
 from search.records.storage import delete_state, is_remote, read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -327,13 +327,13 @@ class TrackingWriter:
             tags = [RunTag(k, str(v)) for k, v in args.get("tags", {}).items()]
             client.log_batch(run_id, metrics=metrics, tags=tags)
         elif op.kind == "log_artifacts":
+            tags = args.get("tags") or {}  # e.g. hps.model: only once the files are really there
             logged_model = args.get("logged_model")
-            if logged_model:  # a LoggedModel an earlier try may have made is looked up, not made twice
-                logged_model = {**logged_model, "look_first": op.tried}
+            if logged_model:  # a LoggedModel an earlier try may have made is looked up, not made twice; the tags
+                logged_model = {**logged_model, "look_first": op.tried, "run_tags": tags}  # go with its metrics
             op.tried = True
             model_id = log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root, logged_model)
-            tags = {**(args.get("tags") or {}), **({LOGGED_MODEL_TAG: model_id} if model_id else {})}
-            if tags:  # e.g. hps.model: only once the files are really there
+            if tags and not model_id:
                 client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             self.uploaded.add(op.key)
         elif op.kind == "log_inputs":
