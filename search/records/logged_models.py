@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import shutil
+import logging
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow.entities import LoggedModelOutput, Metric, RunTag
@@ -58,8 +60,16 @@ def pyfunc_template() -> Path:
     # No code_paths: trainables/ is ~30 files, each one more upload request (they made a trial's LoggedModel cost
     # ~250 ms instead of ~60 ms); a trial's model loads where hps is installed, as everything of a search does.
     # The registered champion, which is served elsewhere, carries them.
-    mlflow.pyfunc.save_model(str(root / "template"), python_model=str(SERVING_CODE),
-                             artifacts={MODEL_ARTIFACT: str(placeholder)}, pip_requirements=pip_requirements())
+    # Without an input example MLflow warns that it cannot infer a signature: true, and nothing a user can act on
+    # (the template is made in the middle of their search's output).
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        mlflow.pyfunc.save_model(str(root / "template"), python_model=str(SERVING_CODE),
+                                 artifacts={MODEL_ARTIFACT: str(placeholder)}, pip_requirements=pip_requirements())
+    finally:
+        pyfunc_log.setLevel(level)
     for leftover in (root / "template" / "artifacts" / MODEL_ARTIFACT).iterdir():
         leftover.unlink()
     # The environment files only serve `mlflow models serve` rebuilding an environment, which is the champion's job
@@ -85,15 +95,23 @@ def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model
                     params: dict, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0,
                     datasets: list[dict] | None = None, look_first: bool = True,
                     run_tags: dict[str, str] | None = None) -> str:
-    """Make (or finish) the LoggedModel of trial run ``run_id`` from its local ``model_folder``: ``params`` (the
-    trial's hyperparameters), ``metrics`` (its best-epoch summary, ``best_epoch_*``, logged on the run at ``step``
-    as before LoggedModels, now linked by ``model_id``, and each ``best_epoch_val_*``/``best_epoch_train_*`` to the
-    rows it was measured on, from ``datasets``: :func:`search.records.inputs.split_datasets`). ``look_first``: find a
-    model an earlier try made (the writer says so for a retried write). ``run_tags`` go on the run with the metrics
-    and ``hps.model_id``, in the same request, once the model is ready. Returns the model id.
+    """Make (or finish) the LoggedModel of trial run ``run_id`` from its local ``model_folder`` and log its metrics:
+    :func:`make_trial_model`, then one ``log_batch`` of :func:`linked_metrics` with ``run_tags`` and
+    ``hps.model_id``. Returns the model id."""
+    model_id = make_trial_model(client, experiment_id, run_id, model_folder, name, params, tags, step, look_first)
+    client.log_batch(run_id, metrics=linked_metrics(model_id, metrics, step, datasets),
+                     tags=[RunTag(k, str(v)) for k, v in {**(run_tags or {}), LOGGED_MODEL_TAG: model_id}.items()])
+    return model_id
 
-    Requests per trial, each ~8-15 ms against a one-worker server: create, one upload request per file (MLmodel,
-    serving.py, the model folder's files), finalize, the run's output, one ``log_batch``."""
+
+def make_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model_folder: str, name: str,
+                     params: dict, tags: dict[str, str] | None = None, step: int = 0, look_first: bool = True) -> str:
+    """The READY LoggedModel of trial run ``run_id``: ``params`` (the trial's hyperparameters) and ``tags``, the
+    pyfunc template's files and ``model_folder`` under ``artifacts/model``, the run's model output. ``look_first``:
+    finish a model an earlier try made instead of making another (the writer asks it for a retried write).
+
+    Its requests (~8-15 ms each against a one-worker server): create, one upload per file (sent
+    :data:`UPLOAD_THREADS` at a time), finalize, the run's output."""
     from mlflow.entities import LoggedModelStatus
 
     # Looked up only where an earlier try may have made it (``look_first``): one request less per trial otherwise.
@@ -102,29 +120,55 @@ def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model
         model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE,
                                            params={k: str(v)[:6000] for k, v in params.items()}, tags=tags)
     if model.status != LoggedModelStatus.READY:
-        with tempfile.TemporaryDirectory(prefix="hps-logged-model-") as staging:
-            _stage(Path(staging), Path(model_folder))
-            client.log_model_artifacts(model.model_id, staging)
+        files = [(str(path), None) for path in pyfunc_template().iterdir() if path.is_file()]
+        files += folder_files(model_folder, f"artifacts/{MODEL_ARTIFACT}")
+        upload_files(lambda path, where: client.log_model_artifact(model.model_id, path, where), files)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         # The run's output, as mlflow's log_model records it: the runs table's Models column and the run page.
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
-    now = int(time.time() * 1000)
-    by_context = {d["context"]: d for d in datasets or []}
-
-    def measured_on(key: str) -> dict:  # the Models tab shows each metric with the dataset it was measured on
-        part = by_context.get("training" if key.startswith("best_epoch_train_") else "validation", {})
-        return {"dataset_name": part.get("name"), "dataset_digest": part.get("digest")}
-
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step, model_id=model.model_id,
-                                             **measured_on(key)) for key, value in metrics.items()],
-                     tags=[RunTag(k, str(v)) for k, v in {**(run_tags or {}), LOGGED_MODEL_TAG: model.model_id}.items()])
     return model.model_id
 
 
-def _stage(staging: Path, model_folder: Path) -> None:
-    """The LoggedModel's files in one folder, for one upload call: the template's (linked, not copied) and the
-    trial's model folder under ``artifacts/model`` (copied: MLflow's upload does not enter linked folders)."""
-    for item in pyfunc_template().iterdir():
-        if item.is_file():
-            (staging / item.name).symlink_to(item)
-    shutil.copytree(model_folder, staging / "artifacts" / MODEL_ARTIFACT)
+def linked_metrics(model_id: str, metrics: dict[str, float], step: int = 0,
+                   datasets: list[dict] | None = None) -> list[Metric]:
+    """A trial's best-epoch summary (``best_epoch_*``) as metrics of its LoggedModel: each linked by ``model_id``
+    and to the rows it was measured on (``datasets``: :func:`search.records.inputs.split_datasets`), which the
+    Models tab shows beside it."""
+    by_context = {d["context"]: d for d in datasets or []}
+    now = int(time.time() * 1000)
+
+    def measured_on(key: str) -> dict:
+        part = by_context.get("training" if key.startswith("best_epoch_train_") else "validation", {})
+        return {"dataset_name": part.get("name"), "dataset_digest": part.get("digest")}
+
+    return [Metric(key, float(value), now, step, model_id=model_id, **measured_on(key))
+            for key, value in metrics.items()]
+
+
+# Files uploaded at once: each upload is one request that mostly waits for the server; one after the other, a
+# trial's LoggedModel made a 200-trial search's MLflow writes the bottleneck of its wall time.
+UPLOAD_THREADS = 4
+
+
+def folder_files(folder: str | Path, artifact_path: str | None) -> list[tuple[str, str | None]]:
+    """Every file of ``folder`` with the artifact folder it goes to (``artifact_path`` + its place inside)."""
+    files = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            inside = path.parent.relative_to(folder).as_posix()
+            where = "/".join(part for part in (artifact_path, "" if inside == "." else inside) if part) or None
+            files.append((str(path), where))
+    return files
+
+
+def upload_files(upload: Callable[[str, str | None], None], files: list[tuple[str, str | None]]) -> None:
+    """``upload(path, artifact_folder)`` for every file: the first alone (MLflow's client then knows where the
+    run's or model's artifacts go: finding that out is a request of its own, made once), the others
+    :data:`UPLOAD_THREADS` at a time. The first failure is raised once all have ended (the caller retries the whole
+    write: an upload overwrites the same file)."""
+    if not files:
+        return
+    upload(*files[0])
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        for future in [pool.submit(upload, path, where) for path, where in files[1:]]:
+            future.result()

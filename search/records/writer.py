@@ -29,6 +29,7 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,13 @@ from mlflow.tracking import MlflowClient
 
 from search.records.inputs import log_datasets
 from search.records.log_filters import drop_http_retry_warnings
-from search.records.logged_models import log_trial_model
+from search.records.logged_models import (
+    LOGGED_MODEL_TAG,
+    folder_files,
+    linked_metrics,
+    make_trial_model,
+    upload_files,
+)
 from search.records.storage import delete_state, is_remote, read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -366,13 +373,27 @@ def log_folder(client: MlflowClient, run_id: str, source: str, artifact_path: st
                root: str | None = None, logged_model: dict | None = None) -> str | None:
     """Upload the files of folder ``source`` (a local path, a URI, or a path relative to ``root``) to the run's
     artifacts and, with ``logged_model`` (the keyword arguments of :func:`search.records.logged_models.log_trial_model`
-    but the folder and run), as that run's LoggedModel, whose id it returns. Raises :class:`SourceMissing` when
-    the folder does not exist or holds no file."""
+    but the folder and run), as that run's LoggedModel, whose id it returns: the run's copy uploads while the
+    LoggedModel is made; the model's metrics and the ``run_tags`` are written once both are there. Raises
+    :class:`SourceMissing` when the folder does not exist or holds no file."""
     with _local_folder(source, root) as local_dir:
-        client.log_artifacts(run_id, local_dir, artifact_path=artifact_path)
-        if logged_model:
-            return log_trial_model(client, run_id=run_id, model_folder=local_dir, **logged_model)
-    return None
+        def run_copy() -> None:
+            upload_files(lambda path, where: client.log_artifact(run_id, path, where),
+                         folder_files(local_dir, artifact_path))
+
+        if not logged_model:
+            run_copy()
+            return None
+        options = dict(logged_model)
+        metrics, datasets, run_tags = options.pop("metrics"), options.pop("datasets", None), options.pop("run_tags", {})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            copied = pool.submit(run_copy)
+            model_id = make_trial_model(client, run_id=run_id, model_folder=local_dir, **options)
+            copied.result()
+    step = options.get("step", 0)
+    client.log_batch(run_id, metrics=linked_metrics(model_id, metrics, step, datasets),
+                     tags=[RunTag(k, str(v)) for k, v in {**run_tags, LOGGED_MODEL_TAG: model_id}.items()])
+    return model_id
 
 
 @contextlib.contextmanager

@@ -128,3 +128,26 @@ def test_hps_predict_takes_a_trial_models_uri(reviewed, mlflow_server, tmp_path)
     assert main(["predict", f"models:/{model_id}", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"),
                  "--tracking-uri", mlflow_server]) == 0
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4
+
+
+def test_a_replayed_upload_finishes_the_logged_model_an_earlier_try_made(reviewed, mlflow_server, tmp_path):
+    # A search that saved its pending writes (tracking server gone) and is resumed replays them as tried: a model
+    # upload whose answer was lost must find the LoggedModel it made, not make a second one.
+    import json
+
+    from search.records.writer import TrackingWriter
+
+    client, parent, children, _, _ = reviewed
+    child = children[1]
+    folder = client.download_artifacts(child.info.run_id, "model", str(tmp_path / "model"))
+    op = {"kind": "log_artifacts", "key": "t", "queued_at": 0.0, "tried": False,
+          "args": {"local_dir": folder, "artifact_path": "model", "tags": {"hps.model": "model"},
+                   "logged_model": {"experiment_id": parent.info.experiment_id, "name": "again", "params": {},
+                                    "metrics": {"best_epoch_val_loss": 0.5}}}}
+    pending = tmp_path / "pending.json"
+    pending.write_text(json.dumps({"tracking_uri": mlflow_server, "runs": {"t": child.info.run_id}, "given_up": [],
+                                   "ops": [op]}))
+    replay = TrackingWriter.replay(pending, mlflow_server)
+    assert replay.done and not replay.given_up
+    assert len(trial_models(client, parent.info.experiment_id)) == 3
+    assert client.get_run(child.info.run_id).data.tags[LOGGED_MODEL_TAG] == child.data.tags[LOGGED_MODEL_TAG]
