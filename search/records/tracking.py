@@ -386,7 +386,10 @@ class TrialRunLogger(tune.Callback):
             return False
         logged_model = {"experiment_id": self.exp_id, "name": f"trial-{key}", "params": dict(trial.config),
                         "metrics": summary, "tags": {"hps.search": self.search_name, "hps.trial_id": key},
-                        "datasets": self.datasets}
+                        "datasets": self.datasets,
+                        # A resumed search may end a trial again whose model a killed driver had already made (its
+                        # experiment state predates that): the model is looked up first, never made twice.
+                        "look_first": self.restored}
         self.writer.submit("log_artifacts", key, local_dir=source, artifact_path="model", tags={"hps.model": "model"},
                            logged_model=logged_model)
         return True

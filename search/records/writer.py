@@ -337,7 +337,8 @@ class TrackingWriter:
             tags = args.get("tags") or {}  # e.g. hps.model: only once the files are really there
             logged_model = args.get("logged_model")
             if logged_model:  # a LoggedModel an earlier try may have made is looked up, not made twice; the tags
-                logged_model = {**logged_model, "look_first": op.tried, "run_tags": tags}  # go with its metrics
+                logged_model = {**logged_model, "look_first": op.tried or logged_model.get("look_first", False),
+                                "run_tags": tags}  # go with its metrics
             op.tried = True
             model_id = log_folder(client, run_id, args["local_dir"], args.get("artifact_path"), self.root, logged_model)
             if tags and not model_id:
