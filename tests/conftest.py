@@ -173,10 +173,11 @@ def pytest_collection_modifyitems(items) -> None:
 
 # Measured under two workers, 2026-11-30 (after the searches were trimmed): about 85, 70, 60, 45, 40, 35, 30,
 # 30 and 25 s; test_packing.py gained its soak search (about 35 s) on 2026-12-05, and test_pack_server.py (its
-# fault scenarios, about 35 s) came in then.
+# fault scenarios, about 35 s) came in then; test_network_search.py (about 40 s), test_mlflow_review.py (about 30 s)
+# and test_fuzz_data.py's whole searches (about 20 s) on the same day, later.
 LONGEST_FILES = ("test_packing.py", "test_resilience.py", "test_benchmarks.py", "test_evaluate.py",
-                 "test_outage.py", "test_search_integration.py", "test_pack_server.py", "test_cli.py",
-                 "test_compose.py", "test_multinode.py")
+                 "test_outage.py", "test_network_search.py", "test_search_integration.py", "test_mlflow_review.py",
+                 "test_pack_server.py", "test_cli.py", "test_compose.py", "test_multinode.py", "test_fuzz_data.py")
 
 
 def load_yaml(name: str) -> dict:
