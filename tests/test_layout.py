@@ -66,3 +66,16 @@ def test_the_rule_catches_a_sideways_import(tmp_path):
     (tmp_path / "m.py").write_text("def f():\n    from search.run.tuner import run_search\n")
     assert "search.run.tuner" in imports_of(tmp_path / "m.py") and SIDES.index(side_of("search.run.tuner")) > \
         SIDES.index("review")
+
+
+def test_an_installed_hps_has_every_package():
+    # The Docker image installs the project without -e: a package setuptools does not find is missing there.
+    import tomllib
+
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = set(find_packages(str(ROOT), include=include))
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for side in ("search", "trainables")
+                for p in (ROOT / side).rglob("__init__.py")}
+    assert packages and packages <= found, packages - found
