@@ -99,9 +99,16 @@ def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model
     :func:`make_trial_model`, then one ``log_batch`` of :func:`linked_metrics` with ``run_tags`` and
     ``hps.model_id``. Returns the model id."""
     model_id = make_trial_model(client, experiment_id, run_id, model_folder, name, params, tags, step, look_first)
+    log_model_metrics(client, run_id, model_id, metrics, step, datasets, run_tags)
+    return model_id
+
+
+def log_model_metrics(client: MlflowClient, run_id: str, model_id: str, metrics: dict[str, float], step: int = 0,
+                      datasets: list[dict] | None = None, run_tags: dict[str, str] | None = None) -> None:
+    """The last write of a trial's model, one request: its :func:`linked_metrics`, the ``run_tags`` (``hps.model``:
+    the files are there) and ``hps.model_id``."""
     client.log_batch(run_id, metrics=linked_metrics(model_id, metrics, step, datasets),
                      tags=[RunTag(k, str(v)) for k, v in {**(run_tags or {}), LOGGED_MODEL_TAG: model_id}.items()])
-    return model_id
 
 
 def make_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model_folder: str, name: str,

@@ -40,13 +40,7 @@ from mlflow.tracking import MlflowClient
 
 from search.records.inputs import log_datasets
 from search.records.log_filters import drop_http_retry_warnings
-from search.records.logged_models import (
-    LOGGED_MODEL_TAG,
-    folder_files,
-    linked_metrics,
-    make_trial_model,
-    upload_files,
-)
+from search.records.logged_models import folder_files, log_model_metrics, make_trial_model, upload_files
 from search.records.storage import delete_state, is_remote, read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -391,9 +385,7 @@ def log_folder(client: MlflowClient, run_id: str, source: str, artifact_path: st
             copied = pool.submit(run_copy)
             model_id = make_trial_model(client, run_id=run_id, model_folder=local_dir, **options)
             copied.result()
-    step = options.get("step", 0)
-    client.log_batch(run_id, metrics=linked_metrics(model_id, metrics, step, datasets),
-                     tags=[RunTag(k, str(v)) for k, v in {**run_tags, LOGGED_MODEL_TAG: model_id}.items()])
+    log_model_metrics(client, run_id, model_id, metrics, options.get("step", 0), datasets, run_tags)
     return model_id
 
 
