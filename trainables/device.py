@@ -108,8 +108,6 @@ def prepare_device(device: torch.device, gpu_share: float = 1.0) -> torch.device
     return device
 
 
-
-
 def smallest_gpu_bytes() -> int:
     """The memory of the smallest GPU this process sees (the one a fractional share must fit on any of them)."""
     return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))

@@ -83,7 +83,7 @@ class NetworkCode:
                 raise NetworkError(f"model.builder {self.builder!r}: cannot import {self.module!r} here "
                                    f"({type(exc).__name__}: {_first_line(exc)})") from None
         else:
-            module = _module_from_source(self.source, self.filename)
+            module = _module_from_source(self.source, self.filename, self.sha256)
         builder = getattr(module, self.attribute, None)
         if not callable(builder):
             raise NetworkError(f"model.builder {self.builder!r}: {self.filename} has no class or function "
@@ -136,11 +136,10 @@ def read_network_code(builder: str, base_dir: str | Path = ".", input_shape: Ite
     return NetworkCode(builder, attribute, Path(spec.origin).name, source, location, shape)
 
 
-def _module_from_source(source: str, filename: str) -> types.ModuleType:
-    """The builder file's text run as a module of its own, once per process and text (named by its hash, so two
-    versions of one file never mix)."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    name = f"hps_network_{digest}"
+def _module_from_source(source: str, filename: str, sha256: str) -> types.ModuleType:
+    """The builder file's text run as a module of its own, once per process and text (named by the text's
+    ``sha256``, so two versions of one file never mix)."""
+    name = f"hps_network_{sha256[:16]}"
     if name in sys.modules:
         return sys.modules[name]
     module = types.ModuleType(name)
@@ -288,12 +287,13 @@ def dry_run(arch: CustomArchitecture, rows) -> None:
     flat features); raises :class:`NetworkError` when it cannot, or when its output does not fit the task."""
     import torch
 
-    model = arch.build()
     x = torch.as_tensor(rows[: min(len(rows), 4)], dtype=torch.float32)
-    call = f"{arch.code.attribute}({_call_text(arch.arguments)})"
+    # Before building: a builder given a shape the rows do not have would fail in a less telling way.
     if arch.code.input_shape is not None and math.prod(arch.code.input_shape) != x.shape[1]:
         raise NetworkError(f"model.input_shape {list(arch.code.input_shape)} holds {math.prod(arch.code.input_shape)} "
                            f"values, but the data has {x.shape[1]} features a row")
+    model = arch.build()
+    call = f"{arch.code.attribute}({_call_text(arch.arguments)})"
     try:
         model.train()
         out = model(x)

@@ -91,6 +91,16 @@ def trial_models(client: MlflowClient, experiment_id: str) -> list:
     return list(client.search_logged_models([experiment_id], filter_string=f"model_type = '{MODEL_TYPE}'"))
 
 
+def trial_model_request(experiment_id: str, search: str, trial_id: str, params: dict, summary: dict[str, float],
+                        datasets: list[dict] | None = None, look_first: bool = False,
+                        run_tags: dict[str, str] | None = None) -> dict:
+    """The ``logged_model`` of a model upload (:func:`search.records.writer.log_folder`): the keyword arguments of
+    :func:`log_trial_model` but the folder and run, JSON-ready (a write waiting for the server is saved with them)."""
+    return {"experiment_id": experiment_id, "name": f"trial-{trial_id}", "params": dict(params), "metrics": summary,
+            "tags": {"hps.search": search, "hps.trial_id": trial_id}, "datasets": datasets, "look_first": look_first,
+            **({"run_tags": run_tags} if run_tags else {})}
+
+
 def log_trial_model(client: MlflowClient, experiment_id: str, run_id: str, model_folder: str, name: str,
                     params: dict, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0,
                     datasets: list[dict] | None = None, look_first: bool = True,

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.config.pareto import OBJECTIVES_TAG, objectives_tag
+from search.records.logged_models import trial_model_request
 from search.records.storage import ended_in_saved_state, prune_checkpoints, read_results, trial_error_text
 from search.records.writer import PARENT_TAG, TrackingWriter, log_folder, log_params
 from trainables.checkpoint_files import MODEL_DIR
@@ -231,9 +232,7 @@ class TrialRunLogger(tune.Callback):
         ``result.json`` and is ended with its outcome. Call it with an idle writer.
         """
         client = self.writer.client
-        from search.records.leaderboard import (
-            trial_runs,  # local: leaderboard imports nothing from here, keep it that way
-        )
+        from search.records.leaderboard import trial_runs  # local: leaderboard imports nothing from here, keep it so
 
         runs = {r.data.tags.get("hps.trial_id"): r for r in trial_runs(client, client.get_run(self.parent_run_id))}
         fixed = 0
@@ -384,12 +383,10 @@ class TrialRunLogger(tune.Callback):
         except Exception as exc:  # noqa: BLE001 - a missing checkpoint must not stop the search
             log.warning("could not read the checkpoint of trial %s: %s", key, exc)
             return False
-        logged_model = {"experiment_id": self.exp_id, "name": f"trial-{key}", "params": dict(trial.config),
-                        "metrics": summary, "tags": {"hps.search": self.search_name, "hps.trial_id": key},
-                        "datasets": self.datasets,
-                        # A resumed search may end a trial again whose model a killed driver had already made (its
-                        # experiment state predates that): the model is looked up first, never made twice.
-                        "look_first": self.restored}
+        # A resumed search may end a trial again whose model a killed driver had already made (its experiment state
+        # predates that): the model is looked up first, never made twice.
+        logged_model = trial_model_request(self.exp_id, self.search_name, key, trial.config, summary, self.datasets,
+                                           look_first=self.restored)
         self.writer.submit("log_artifacts", key, local_dir=source, artifact_path="model", tags={"hps.model": "model"},
                            logged_model=logged_model)
         return True

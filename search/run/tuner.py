@@ -25,6 +25,7 @@ from search.errors import SearchFailed, SearchInterrupted, SearchNotFound, Track
 from search.records.connection import connect
 from search.records.inputs import log_datasets, split_datasets
 from search.records.leaderboard import leaderboard, trial_runs
+from search.records.logged_models import trial_model_request
 from search.records.storage import (
     checkpoint_of,
     claim_storage,
@@ -323,7 +324,8 @@ def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray
             search.closed.add(step)
 
     once("orphans", lambda: _remove_orphan_runs(client, parent, trials))
-    board = leaderboard(client, client.get_run(parent))
+    parent_run = client.get_run(parent)
+    board = leaderboard(client, parent_run)
     n_errors = sum(1 for r in results if r.error is not None)
     summary = _summarize(board, cfg, len(results), n_errors)
     summary["hps.writes_given_up"] = str(len(search.given_up))
@@ -335,7 +337,7 @@ def _finish(search: _Search, results: tune.ResultGrid, trials: list, release_ray
     once("best", lambda: _mark_best(search, results, board.iloc[0]))
     once("prune", lambda: _prune_checkpoints(search, results))
     once("report", lambda: _write_report_and_release_ray(search, release_ray))
-    finish_search_run(client, parent, "FINISHED", summary, _summary_metrics(summary, cfg, client.get_run(parent)))
+    finish_search_run(client, parent, "FINISHED", summary, _summary_metrics(summary, cfg, parent_run))
     return SearchOutcome(cfg.name, parent, cfg.tracking.uri, board, len(results), n_errors, list(search.given_up),
                          search.exp_id)
 
@@ -352,11 +354,11 @@ def _mark_best(search: _Search, results: tune.ResultGrid, best: pd.Series) -> No
     """Upload the best trial's model (``log_models: best``) and tag its run ``hps.best``."""
     if search.cfg.tracking.log_models == "best":
         run = search.client.get_run(best["run_id"])
-        logged_model = {"experiment_id": search.exp_id, "name": f"trial-{best['trial']}", "params": run.data.params,
-                        "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("best_epoch_")},
-                        "tags": {"hps.search": search.cfg.name, "hps.trial_id": best["trial"]}}
-        if log_model_artifacts(search.client, best["run_id"], checkpoint_of(results, best["trial"]), logged_model):
-            search.client.set_tag(best["run_id"], "hps.model", "model")
+        summary = {k: v for k, v in run.data.metrics.items() if k.startswith("best_epoch_")}
+        # Looked up first: a resumed search may close again after a first try made it.
+        logged_model = trial_model_request(search.exp_id, search.cfg.name, best["trial"], run.data.params, summary,
+                                           look_first=True, run_tags={"hps.model": "model"})
+        log_model_artifacts(search.client, best["run_id"], checkpoint_of(results, best["trial"]), logged_model)
     search.client.set_tag(best["run_id"], "hps.best", "true")
 
 
